@@ -1,0 +1,1 @@
+"""Shared plumbing for the four scripts: config, logging, atomic writes, symbols, workspace paths, CLI errors."""

@@ -1,0 +1,459 @@
+"""training_config.json: defaults in code, the file overrides them, command-line flags override the file.
+
+``load_config()`` returns a plain nested dict with every key present. Validation happens on load:
+a wrong type, an unknown key (with a "did you mean" suggestion) or an impossible value raises
+``ConfigError`` (exit code 2) with one line naming the key, e.g.::
+
+    training_config.json: training_schedule.daily_at = '25:00' is not a time; use HH:MM (00:00-23:59)
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from botcore import paths
+from botcore.atomic import atomic_write_json
+from botcore.errors import ConfigError
+
+INTERVALS = ("1m", "5m", "15m", "30m", "1h", "1d")
+MODEL_TYPES = ("deepscalper", "backtrader")
+SB3_ALGOS = ("ppo", "a2c", "dqn")
+
+DEFAULTS: dict[str, Any] = {
+    "symbols": ["GOOGL"],
+    "model_types": ["deepscalper", "backtrader"],
+    "training_schedule": {
+        "daily_at": "02:00",  # training
+        "data_update_at": "01:00",
+        "evaluation_at": "04:00",
+        "timezone": "UTC",
+        "weekday": None,  # null = every day; "monday".."sunday" = once a week
+        "catch_up_missed": True,  # run a missed job once at start-up after downtime
+        "lock_wait_seconds": 0,  # --run-once while another job holds the lock: wait this long, then exit 3
+        "job_timeout_minutes": 360,
+    },
+    "training_params": {
+        "steps": 10000,
+        "episodes": 0,  # 0 = bounded by steps only
+        "iterations": 1,
+        "lookback_days": 730,
+        "seed": 42,
+        "checkpoint_every": 2000,
+        "eval_every": 0,  # 0 = validate once per iteration
+        "workers": 1,
+        "algo": "ppo",  # stable-baselines3 algorithm for model type "backtrader"
+        "engine": "backtrader",  # env for model type "backtrader": backtrader or fast
+        "continuous_interval_minutes": 1440,
+    },
+    "monitoring": {
+        "min_sharpe_ratio": 0.5,
+        "max_drawdown_threshold": -25.0,  # percent, negative
+        "degradation_window": 5,  # compare the latest Sharpe with the mean of this many earlier evaluations
+        "degradation_drop": 0.5,  # alert when the latest Sharpe is this far below that mean
+        "max_data_age_days": 5,  # stale-data alert
+        "psr_level": 0.95,  # recommendation needs PSR above this
+    },
+    "data": {
+        "source": "yahoo",  # yahoo | sample | csv | synthetic
+        "interval": "1d",
+        "start": None,
+        "end": None,
+        "csv": None,
+        "train_fraction": 0.70,
+        "val_fraction": 0.15,
+        "train_end": None,  # explicit split dates override the fractions
+        "val_end": None,
+        "embargo_bars": None,  # null = the longest feature window
+        "indicators": ["rsi", "macd", "bollinger", "atr", "obv", "stochastic", "adx", "cci", "ma_ratios"],
+        "outlier_mad_threshold": 8.0,
+        "seed": 0,  # synthetic source
+        "costs": {
+            "commission_rate": 0.0005,  # fraction of traded notional
+            "commission_min": 0.0,  # currency units per order
+            "slippage_bps": 1.0,
+            "spread_bps": 0.0,
+        },
+    },
+    "env": {
+        "window": 32,
+        "initial_cash": 100000.0,
+        "allow_short": True,
+        "max_position": 1.0,  # max |position value| / equity at entry
+        "position_levels": 3,  # discrete mode: evenly spaced targets in [-max, max] (or [0, max] long-only)
+        "price_offsets": [-1.0, -0.5, 0.0, 0.5, 1.0],  # multidiscrete: limit offsets in units of volatility
+        "quantity_levels": [-1.0, -0.5, 0.0, 0.5, 1.0],  # multidiscrete: signed order sizes, fraction of max
+        "reward": "equity",  # equity | log_return | risk_adjusted
+        "episode_length": 256,  # training episodes; evaluation runs the whole split
+        "close_at_session_end": True,  # intraday data
+    },
+    "deepscalper": {
+        "hidden_size": 64,
+        "rnn": "gru",
+        "learning_rate": 1e-4,
+        "gamma": 0.99,
+        "batch_size": 64,
+        "buffer_size": 100000,
+        "learning_starts": 1000,
+        "train_freq": 1,
+        "gradient_steps": 1,
+        "target_update_interval": 500,
+        "tau": 1.0,
+        "n_step": 1,
+        "max_grad_norm": 10.0,
+        "prioritized_replay": True,
+        "per_alpha": 0.6,
+        "per_beta": 0.4,
+        "exploration_initial_eps": 1.0,
+        "exploration_final_eps": 0.1,
+        "exploration_fraction": 0.5,
+        "hindsight_weight": 0.1,
+        "hindsight_horizon": 5,
+        "aux_weight": 1.0,
+        "vol_horizon": 5,
+        "use_hindsight": True,
+        "use_aux": True,
+        "single_branch": False,
+    },
+    "sb3": {
+        "learning_rate": 3e-4,
+        "net_arch": [64, 64],
+        "n_steps": 512,
+        "batch_size": 64,
+        "gamma": 0.99,
+        "n_envs": 1,
+    },
+    "registry": {
+        "promotion_margin": 0.05,  # validation Sharpe a challenger must add to become champion
+        "keep_backups": 5,
+    },
+    "optimize": {
+        "trials": 20,
+        "sampler": "tpe",
+        "storage": "sqlite:///results/optuna.db",
+        "seeds": 1,
+        "grid": {
+            "learning_rate": [1e-4, 3e-4],
+            "hidden_size": [32, 64],
+        },
+    },
+    "evaluation": {
+        "engine": "backtrader",
+        "split": "test",
+        "bootstrap_samples": 1000,
+        "random_seed": 0,
+        "ma_fast": 10,
+        "ma_slow": 30,
+    },
+    "alerts": {
+        "email": {
+            "enabled": False,
+            "smtp_host": "localhost",
+            "smtp_port": 587,
+            "starttls": True,
+            "from_addr": "trading-bot@localhost",
+            "to_addrs": [],
+            "username_env": "TRADING_BOT_SMTP_USER",
+            "password_env": "TRADING_BOT_SMTP_PASSWORD",
+            "timeout_seconds": 10,
+        },
+        "webhook": {
+            "enabled": False,
+            "url_env": "TRADING_BOT_WEBHOOK_URL",
+            "format": "slack",  # slack ({"text": ...}) or json (the alert's fields)
+            "timeout_seconds": 10,
+        },
+    },
+}
+
+# --- value checks -------------------------------------------------------------------------------
+
+_TIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2})?)?$")
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+def _time(v: Any) -> str | None:
+    return None if isinstance(v, str) and _TIME_RE.match(v) else "is not a time; use HH:MM (00:00-23:59)"
+
+
+def _date_or_none(v: Any) -> str | None:
+    if v is None:
+        return None
+    return None if isinstance(v, str) and _DATE_RE.match(v) else "is not a date; use YYYY-MM-DD or null"
+
+
+def _str_or_none(v: Any) -> str | None:
+    return None if v is None or isinstance(v, str) else "must be a string or null"
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be 0 or more"
+
+
+def _fraction(v: Any) -> str | None:
+    return None if 0 < v < 1 else "must be between 0 and 1 (exclusive)"
+
+
+def _choice(*options: Any) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if v in options:
+            return None
+        hint = difflib.get_close_matches(str(v), [str(o) for o in options], n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        return f"must be one of {', '.join(map(str, options))}{extra}"
+
+    return check
+
+
+def _list_of(kind: type, allowed: tuple[Any, ...] | None = None, non_empty: bool = True):
+    def check(v: Any) -> str | None:
+        if not isinstance(v, list) or (non_empty and not v):
+            return "must be a non-empty list" if non_empty else "must be a list"
+        for item in v:
+            if not isinstance(item, kind) or isinstance(item, bool) and kind is not bool:
+                return f"must hold only {kind.__name__} values (found {item!r})"
+            if allowed is not None and item not in allowed:
+                return _choice(*allowed)(item)
+        return None
+
+    return check
+
+
+def _negative_percent(v: Any) -> str | None:
+    return None if -100 <= v < 0 else "must be a negative percentage between -100 and 0, e.g. -25.0"
+
+
+def _weekday(v: Any) -> str | None:
+    return None if v is None else _choice(*_WEEKDAYS)(v)
+
+
+# Dotted key -> check. Keys not listed here are checked by type only (the type of the default).
+CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "symbols": _list_of(str),
+    "model_types": _list_of(str, MODEL_TYPES),
+    "training_schedule.daily_at": _time,
+    "training_schedule.data_update_at": _time,
+    "training_schedule.evaluation_at": _time,
+    "training_schedule.weekday": _weekday,
+    "training_schedule.lock_wait_seconds": _non_negative,
+    "training_schedule.job_timeout_minutes": _positive,
+    "training_params.steps": _positive,
+    "training_params.episodes": _non_negative,
+    "training_params.iterations": _positive,
+    "training_params.lookback_days": _positive,
+    "training_params.checkpoint_every": _non_negative,
+    "training_params.eval_every": _non_negative,
+    "training_params.workers": _positive,
+    "training_params.algo": _choice(*SB3_ALGOS),
+    "training_params.engine": _choice("backtrader", "fast"),
+    "training_params.continuous_interval_minutes": _positive,
+    "monitoring.max_drawdown_threshold": _negative_percent,
+    "monitoring.degradation_window": _positive,
+    "monitoring.degradation_drop": _non_negative,
+    "monitoring.max_data_age_days": _positive,
+    "monitoring.psr_level": _fraction,
+    "data.source": _choice("yahoo", "sample", "csv", "synthetic"),
+    "data.interval": _choice(*INTERVALS),
+    "data.start": _date_or_none,
+    "data.end": _date_or_none,
+    "data.csv": _str_or_none,
+    "data.train_fraction": _fraction,
+    "data.val_fraction": _fraction,
+    "data.train_end": _date_or_none,
+    "data.val_end": _date_or_none,
+    "data.embargo_bars": lambda v: None if v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+    else "must be a whole number of bars (0 or more) or null",
+    "data.indicators": _list_of(
+        str, ("rsi", "macd", "bollinger", "atr", "obv", "stochastic", "adx", "cci", "ma_ratios"), non_empty=False
+    ),
+    "data.outlier_mad_threshold": _positive,
+    "data.costs.commission_rate": lambda v: None if 0 <= v < 0.1 else "must be a fraction between 0 and 0.1",
+    "data.costs.commission_min": _non_negative,
+    "data.costs.slippage_bps": _non_negative,
+    "data.costs.spread_bps": _non_negative,
+    "env.window": _positive,
+    "env.initial_cash": _positive,
+    "env.max_position": lambda v: None if 0 < v <= 10 else "must be between 0 (exclusive) and 10",
+    "env.position_levels": lambda v: None if v >= 2 else "must be 2 or more",
+    "env.price_offsets": _list_of(float),
+    "env.quantity_levels": _list_of(float),
+    "env.reward": _choice("equity", "log_return", "risk_adjusted"),
+    "env.episode_length": _positive,
+    "deepscalper.hidden_size": _positive,
+    "deepscalper.rnn": _choice("gru", "lstm"),
+    "deepscalper.learning_rate": _positive,
+    "deepscalper.gamma": lambda v: None if 0 <= v <= 1 else "must be between 0 and 1",
+    "deepscalper.batch_size": _positive,
+    "deepscalper.buffer_size": _positive,
+    "deepscalper.learning_starts": _non_negative,
+    "deepscalper.train_freq": _positive,
+    "deepscalper.gradient_steps": _positive,
+    "deepscalper.target_update_interval": _positive,
+    "deepscalper.tau": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
+    "deepscalper.n_step": _positive,
+    "deepscalper.max_grad_norm": _positive,
+    "deepscalper.per_alpha": _non_negative,
+    "deepscalper.per_beta": lambda v: None if 0 <= v <= 1 else "must be between 0 and 1",
+    "deepscalper.exploration_initial_eps": lambda v: None if 0 <= v <= 1 else "must be between 0 and 1",
+    "deepscalper.exploration_final_eps": lambda v: None if 0 <= v <= 1 else "must be between 0 and 1",
+    "deepscalper.exploration_fraction": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
+    "deepscalper.hindsight_weight": _non_negative,
+    "deepscalper.hindsight_horizon": _positive,
+    "deepscalper.aux_weight": _non_negative,
+    "deepscalper.vol_horizon": _positive,
+    "sb3.learning_rate": _positive,
+    "sb3.net_arch": _list_of(int),
+    "sb3.n_steps": _positive,
+    "sb3.batch_size": _positive,
+    "sb3.gamma": lambda v: None if 0 <= v <= 1 else "must be between 0 and 1",
+    "sb3.n_envs": _positive,
+    "registry.promotion_margin": _non_negative,
+    "registry.keep_backups": _positive,
+    "optimize.trials": _positive,
+    "optimize.sampler": _choice("tpe", "grid", "random"),
+    "optimize.seeds": _positive,
+    "evaluation.engine": _choice("fast", "backtrader", "both"),
+    "evaluation.split": _choice("train", "val", "test"),
+    "evaluation.bootstrap_samples": _positive,
+    "evaluation.ma_fast": _positive,
+    "evaluation.ma_slow": _positive,
+    "alerts.email.smtp_port": lambda v: None if 0 < v < 65536 else "must be a port number 1-65535",
+    "alerts.email.to_addrs": _list_of(str, non_empty=False),
+    "alerts.webhook.format": _choice("slack", "json"),
+}
+
+# Keys whose value is a free-form mapping (no unknown-key check below them).
+FREE_FORM = {"optimize.grid"}
+
+
+def _type_name(v: Any) -> str:
+    return {bool: "true/false", int: "a whole number", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(v), type(v).__name__)
+
+
+def validate(cfg: Mapping[str, Any], source: str = paths.CONFIG_FILE) -> None:
+    """Raise ConfigError on the first problem found in a fully merged config."""
+    _validate_node(cfg, DEFAULTS, "", source)
+    fractions = cfg["data"]["train_fraction"] + cfg["data"]["val_fraction"]
+    if fractions >= 1:
+        raise ConfigError(f"{source}: data.train_fraction + data.val_fraction = {fractions:g} leaves no test split; "
+                          "make their sum less than 1")
+    if cfg["data"]["train_end"] and cfg["data"]["val_end"] and cfg["data"]["train_end"] >= cfg["data"]["val_end"]:
+        raise ConfigError(f"{source}: data.train_end must be before data.val_end")
+    if cfg["evaluation"]["ma_fast"] >= cfg["evaluation"]["ma_slow"]:
+        raise ConfigError(f"{source}: evaluation.ma_fast must be shorter than evaluation.ma_slow")
+
+
+def _validate_node(value: Any, default: Any, key: str, source: str) -> None:
+    if isinstance(default, dict) and key not in FREE_FORM:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key or 'the config'} must be {_type_name(default)}, "
+                              f"not {_type_name(value)}")
+        for sub, sub_value in value.items():
+            dotted = f"{key}.{sub}" if key else sub
+            if sub not in default:
+                hint = difflib.get_close_matches(sub, list(default), n=1)
+                extra = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(default)}"
+                raise ConfigError(f"{source}: unknown key {dotted!r}{extra}")
+            _validate_node(sub_value, default[sub], dotted, source)
+        return
+    if key in FREE_FORM and not isinstance(value, dict):
+        raise ConfigError(f"{source}: {key} must be an object")
+    check = CHECKS.get(key)
+    if default is not None and not _same_kind(value, default):
+        raise ConfigError(f"{source}: {key} = {value!r} must be {_type_name(default)}, not {_type_name(value)}")
+    if check is not None:
+        problem = check(value)
+        if problem:
+            raise ConfigError(f"{source}: {key} = {value!r} {problem}")
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, type(default))
+
+
+def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with ``override`` merged in (nested dicts merged key by key)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict) and key != "grid":
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _normalise_numbers(cfg: dict[str, Any], default: dict[str, Any]) -> None:
+    """Integers given where the default is a float become floats (JSON ``1`` for ``1.0``)."""
+    for key, value in cfg.items():
+        d = default.get(key) if isinstance(default, dict) else None
+        if isinstance(value, dict) and isinstance(d, dict):
+            _normalise_numbers(value, d)
+        elif isinstance(d, float) and isinstance(value, int) and not isinstance(value, bool):
+            cfg[key] = float(value)
+        elif isinstance(d, list) and d and isinstance(d[0], float) and isinstance(value, list):
+            cfg[key] = [float(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in value]
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+                required: bool = False) -> dict[str, Any]:
+    """Defaults, overridden by the config file (when it exists), overridden by ``overrides``.
+
+    :param path: the config file; ``None`` means ``./training_config.json``.
+    :param overrides: a nested dict from command-line flags; ``None`` values are ignored.
+    :param required: raise when the file does not exist (otherwise defaults are used).
+    """
+    config_file = Path(path) if path is not None else paths.config_path()
+    file_values: dict[str, Any] = {}
+    if config_file.exists():
+        try:
+            file_values = json.loads(config_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{config_file}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
+                              "fix it or recreate it with `python automate_training.py --create-config --force`")
+        except OSError as exc:
+            raise ConfigError(f"{config_file}: cannot be read: {exc.strerror}")
+        if not isinstance(file_values, dict):
+            raise ConfigError(f"{config_file}: must hold a JSON object at the top level")
+    elif required or path is not None:
+        raise ConfigError(f"{config_file}: no such config file; create one with "
+                          "`python automate_training.py --create-config`")
+    cfg = deep_merge(DEFAULTS, file_values)
+    _normalise_numbers(cfg, DEFAULTS)
+    validate(cfg, source=str(config_file.name if path is None else config_file))
+    if overrides:
+        cfg = deep_merge(cfg, _drop_none(overrides))
+        _normalise_numbers(cfg, DEFAULTS)
+        validate(cfg, source="command line")
+    return cfg
+
+
+def _drop_none(tree: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            sub = _drop_none(value)
+            if sub:
+                out[key] = sub
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def write_default_config(path: str | Path) -> None:
+    atomic_write_json(path, DEFAULTS)

@@ -1,0 +1,46 @@
+"""Logging set-up for the scripts: a log file per run under logs/, terse lines on the terminal.
+
+Packages only use ``logging.getLogger(__name__)``; handlers are installed here, from ``main()``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from botcore import paths
+
+_FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def setup_logging(script: str, quiet: bool = False, verbose: bool = False) -> Path:
+    """Install a file handler (``logs/{script}_{timestamp}.log``, DEBUG) and a console handler.
+
+    The console shows INFO (WARNING with ``quiet``, DEBUG with ``verbose``). Calling it again replaces
+    the handlers installed before, so tests and the daemon can call ``main()`` many times.
+    """
+    log_dir = paths.logs_dir()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    log_file = log_dir / f"{script}_{stamp}_{os.getpid()}.log"
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_botcore", False):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(logging.DEBUG)
+    file_handler = logging.FileHandler(log_file, encoding="utf-8")
+    file_handler.setLevel(logging.DEBUG)
+    file_handler.setFormatter(logging.Formatter(_FILE_FORMAT))
+    file_handler._botcore = True  # type: ignore[attr-defined]
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    console._botcore = True  # type: ignore[attr-defined]
+    root.addHandler(file_handler)
+    root.addHandler(console)
+    for noisy in ("matplotlib", "PIL", "urllib3", "yfinance", "peewee", "optuna", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return log_file
