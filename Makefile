@@ -11,8 +11,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# The main job on the bundled sample data: prepare GOOGL daily splits, train both model types briefly,
+# evaluate them against the baselines on the test split with plots and an HTML report under results/.
+DEMO_STEPS ?= 5000
 demo: $(VENV)/.installed
-	$(PY) scripts/demo.py
+	$(PY) data_pipeline.py --symbols GOOGL --source sample
+	$(PY) train_bot.py --model-type both --symbol GOOGL --steps $(DEMO_STEPS)
+	$(PY) evaluate_bot.py --symbol GOOGL --create-plots
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
