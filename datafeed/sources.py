@@ -1,0 +1,428 @@
+"""Where bars come from: Yahoo Finance (with an incremental local store), the bundled samples, a user's CSV
+file, and seeded synthetic generators. Each loader returns ``(frame, info)``: the raw OHLCV frame (see the
+package docstring) and a dict describing the source, its range and its freshness for the manifest.
+
+No loader ever falls back to another source: a failure is a ``DataError`` that says which sources exist.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from botcore import paths
+from botcore.atomic import atomic_path, atomic_write_json
+from botcore.errors import DataError, UserError
+from botcore.markets import INTERVAL_MINUTES
+from botcore.symbols import safe_name
+
+logger = logging.getLogger(__name__)
+
+OHLCV = ["open", "high", "low", "close", "volume"]
+OTHER_SOURCES = "--source sample (GOOGL 1d, EURUSD 1h), --source csv --csv FILE or --source synthetic"
+
+# --- bundled samples ------------------------------------------------------------------------------
+
+# Real bars from the MIT-licensed gym-anytrading package (see sample_data/LICENSE_gym-anytrading.txt).
+# EURUSD's Time column is read as UTC.
+_SAMPLES: dict[str, tuple[str, str]] = {"GOOGL": ("GOOGL_1d.csv", "1d"), "EURUSD": ("EURUSD_1h.csv", "1h")}
+
+
+def sample_symbols() -> dict[str, str]:
+    """Bundled sample symbols and their bar interval, e.g. ``{"GOOGL": "1d", "EURUSD": "1h"}``."""
+    return {sym: interval for sym, (_, interval) in _SAMPLES.items()}
+
+
+def load_sample(symbol: str, interval: str | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Load a bundled sample.
+
+    :param symbol: a symbol of :func:`sample_symbols`.
+    :param interval: the interval the caller needs; ``None`` takes the sample's own interval.
+    """
+    listing = ", ".join(f"{s} ({i})" for s, i in sample_symbols().items())
+    if symbol not in _SAMPLES:
+        raise DataError(f"no bundled sample for {symbol}; samples exist for: {listing}")
+    file_name, own_interval = _SAMPLES[symbol]
+    if interval is not None and interval != own_interval:
+        raise DataError(f"the {symbol} sample has {own_interval} bars, not {interval}; "
+                        f"use --interval {own_interval} or leave --interval out (samples: {listing})")
+    frame, info = load_csv(paths.SAMPLE_DATA_DIR / file_name)
+    info.update(source="sample", interval=own_interval, file=file_name,
+                license="MIT, gym-anytrading (sample_data/LICENSE_gym-anytrading.txt)")
+    return frame, info
+
+
+# --- CSV files ------------------------------------------------------------------------------------
+
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "timestamp": ("timestamp", "datetime", "date time", "date", "time", "gmt time", "local time", "dt"),
+    "open": ("open", "o", "open price"),
+    "high": ("high", "h", "high price"),
+    "low": ("low", "l", "low price"),
+    "close": ("close", "c", "close price", "last", "price"),
+    "adj_close": ("adj close", "adjclose", "adjusted close", "adj close price"),
+    "volume": ("volume", "vol", "v", "volume usd"),
+}
+_DATE_FORMATS = (
+    "ISO8601", "%d.%m.%Y %H:%M:%S.%f", "%d.%m.%Y %H:%M:%S", "%d.%m.%Y %H:%M", "%d.%m.%Y",
+    "%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%m/%d/%Y", "%d/%m/%Y %H:%M:%S", "%d/%m/%Y %H:%M", "%d/%m/%Y",
+    "%Y/%m/%d %H:%M:%S", "%Y/%m/%d", "%Y.%m.%d %H:%M:%S", "%Y.%m.%d", "%Y%m%d", "%d-%b-%Y", "%b %d, %Y",
+)
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", str(name).strip().lower())
+
+
+def load_csv(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Read a user's OHLCV file.
+
+    Accepted: a date column named Date, Datetime, Time, Timestamp (or separate Date and Time columns),
+    Open/High/Low/Close in any case, an optional Adj Close (prices are then adjusted by Adj Close / Close,
+    like Yahoo's ``auto_adjust``), an optional Volume (missing means 0). Dates may be ISO 8601 (with or
+    without a UTC offset), ``dd.mm.yyyy HH:MM:SS.fff``, ``mm/dd/yyyy``, ``dd/mm/yyyy``, ``yyyymmdd`` or Unix
+    seconds/milliseconds; naive times are taken as UTC. Errors name the file, the line and the column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path}: not a readable CSV file ({str(exc).strip().splitlines()[0]})") from exc
+    columns = {_canonical(c): c for c in raw.columns}
+    found: dict[str, str] = {}
+    for role, names in _ALIASES.items():
+        for name in names:
+            if name in columns and columns[name] not in found.values():
+                found[role] = columns[name]
+                break
+    missing = [r for r in ("timestamp", "open", "high", "low", "close") if r not in found]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, raw.columns))} "
+                        "(expected Date/Datetime/Time/Timestamp, Open, High, Low, Close, optional Adj Close, Volume)")
+    if raw.empty:
+        raise DataError(f"{path}: has a header but no rows")
+    date_text = raw[found["timestamp"]].str.strip()
+    date_column = found["timestamp"]
+    if _canonical(date_column) == "date" and "time" in columns and columns["time"] != date_column:
+        date_text = date_text + " " + raw[columns["time"]].str.strip()
+        date_column = f"{date_column}+{columns['time']}"
+    index, date_format = _parse_dates(date_text, path, date_column)
+
+    frame = pd.DataFrame(index=index)
+    for role in ("open", "high", "low", "close", "adj_close", "volume"):
+        if role in found:
+            frame[role] = _parse_numbers(raw[found[role]], path, found[role]).to_numpy()
+    if "volume" not in frame:
+        frame["volume"] = 0.0
+    adjusted = False
+    if "adj_close" in frame:
+        factor = frame["adj_close"] / frame["close"]
+        if ((factor - 1).abs() > 1e-9).any():
+            for col in ("open", "high", "low", "close"):
+                frame[col] = frame[col] * factor
+            adjusted = True
+        frame = frame.drop(columns="adj_close")
+    frame.index.name = "timestamp"
+    info = {"source": "csv", "file": str(path), "rows_read": len(frame), "date_format": date_format,
+            "adjusted_by_adj_close": adjusted, "volume_present": "volume" in found}
+    return frame[OHLCV].astype("float64"), info
+
+
+def _parse_dates(text: pd.Series, path: Path, column: str) -> tuple[pd.DatetimeIndex, str]:
+    numeric = pd.to_numeric(text, errors="coerce")
+    if numeric.notna().all() and numeric.min() > 1e8 and not text.str.fullmatch(r"\d{8}").all():
+        unit = "ms" if numeric.max() > 1e11 else "s"
+        return pd.DatetimeIndex(pd.to_datetime(numeric, unit=unit)), f"unix-{unit}"
+    complete: list[tuple[str, pd.Series]] = []
+    best: tuple[int, str, pd.Series] | None = None
+    for fmt in _DATE_FORMATS:
+        try:
+            parsed = pd.to_datetime(text, format=fmt, errors="coerce", utc=True)
+        except (ValueError, TypeError):
+            continue
+        bad = int(parsed.isna().sum())
+        if bad == 0:
+            complete.append((fmt, parsed))
+        elif best is None or bad < best[0]:
+            best = (bad, fmt, parsed)
+    if not complete:
+        parsed = best[2] if best is not None else pd.Series(pd.NaT, index=text.index)
+        row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+        raise DataError(f"{path}: line {row + 2}, column {column!r}: cannot read the date {text.iloc[row]!r} "
+                        "(use YYYY-MM-DD or YYYY-MM-DD HH:MM:SS, optionally with a UTC offset)")
+    # Day-first and month-first can both fit; keep the reading whose dates run forward most often.
+    fmt, parsed = max(complete, key=lambda c: int((c[1].diff().dt.total_seconds() > 0).sum()))
+    return pd.DatetimeIndex(parsed.dt.tz_convert("UTC").dt.tz_localize(None)), fmt
+
+
+def _parse_numbers(text: pd.Series, path: Path, column: str) -> pd.Series:
+    stripped = text.str.strip()
+    values = pd.to_numeric(stripped.replace({"": None, "null": None, "NaN": None, "nan": None, "NA": None}),
+                           errors="coerce")
+    bad = values.isna() & ~stripped.isin(["", "null", "NaN", "nan", "NA"])
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"{path}: line {row + 2}, column {column!r}: {text.iloc[row]!r} is not a number")
+    return values.astype("float64")
+
+
+# --- synthetic ------------------------------------------------------------------------------------
+
+SYNTHETIC_KINDS = ("gbm", "regime", "jump")
+
+
+def generate_synthetic(n_bars: int, seed: int, kind: str = "gbm", interval: str = "1d",
+                       start: str = "2000-01-03") -> pd.DataFrame:
+    """Seeded synthetic OHLCV bars (for tests, benchmarks and sanity checks; never used unless asked for).
+
+    :param n_bars: number of bars.
+    :param seed: the generator's seed; the same seed gives the same bars.
+    :param kind: ``gbm`` (geometric Brownian motion, 7 % drift, 20 % volatility a year), ``regime`` (a
+        two-state Markov switch between a calm rising market and a turbulent falling one) or ``jump``
+        (GBM plus Poisson jumps, about 5 a year, mean -2 %, sd 5 %).
+    :param interval: bar interval; daily bars fall on business days, intraday bars run round the clock.
+    :param start: the first timestamp.
+    """
+    if kind not in SYNTHETIC_KINDS:
+        raise UserError(f"unknown synthetic kind {kind!r}; use one of {', '.join(SYNTHETIC_KINDS)}")
+    if interval not in INTERVAL_MINUTES:
+        raise UserError(f"unknown interval {interval!r}; use one of {', '.join(INTERVAL_MINUTES)}")
+    if not isinstance(n_bars, (int, np.integer)) or n_bars < 2:
+        raise UserError(f"synthetic history needs at least 2 bars, not {n_bars!r}")
+    rng = np.random.default_rng(seed)
+    if interval == "1d":
+        index = pd.bdate_range(start=start, periods=n_bars)
+        dt = 1.0 / 252.0
+    else:
+        index = pd.date_range(start=start, periods=n_bars, freq=f"{INTERVAL_MINUTES[interval]}min")
+        dt = INTERVAL_MINUTES[interval] / (365.0 * 1440.0)
+    z = rng.standard_normal(n_bars)
+    if kind == "regime":
+        # state 0: calm (+15 %/yr, 12 % vol), state 1: turbulent (-25 %/yr, 40 % vol); mean stays 250/60 bars.
+        mu_s, sigma_s, leave = np.array([0.15, -0.25]), np.array([0.12, 0.40]), np.array([1 / 250, 1 / 60])
+        switches = rng.random(n_bars)
+        state = np.empty(n_bars, dtype=np.int64)
+        s = 0
+        for i in range(n_bars):
+            if switches[i] < leave[s]:
+                s = 1 - s
+            state[i] = s
+        mu, sigma = mu_s[state], sigma_s[state]
+    else:
+        mu, sigma = np.full(n_bars, 0.07), np.full(n_bars, 0.20)
+    log_ret = (mu - 0.5 * sigma**2) * dt + sigma * np.sqrt(dt) * z
+    if kind == "jump":
+        jumps = rng.poisson(5.0 * dt, n_bars)
+        log_ret += jumps * rng.normal(-0.02, 0.05, n_bars)
+    log_ret[0] = 0.0
+    close = 100.0 * np.exp(np.cumsum(log_ret))
+    bar_sigma = sigma * np.sqrt(dt)
+    open_ = np.concatenate([[100.0], close[:-1]]) * np.exp(0.1 * bar_sigma * rng.standard_normal(n_bars))
+    high = np.maximum(open_, close) * np.exp(np.abs(0.5 * bar_sigma * rng.standard_normal(n_bars)))
+    low = np.minimum(open_, close) * np.exp(-np.abs(0.5 * bar_sigma * rng.standard_normal(n_bars)))
+    volume = np.round(1e6 * np.exp(0.3 * rng.standard_normal(n_bars) + 2.0 * np.abs(log_ret) / bar_sigma * 0.1))
+    frame = pd.DataFrame({"open": open_, "high": high, "low": low, "close": close, "volume": volume},
+                         index=pd.DatetimeIndex(index, name="timestamp"))
+    return frame.astype("float64")
+
+
+def load_synthetic(n_bars: int, seed: int, kind: str, interval: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    frame = generate_synthetic(n_bars, seed, kind=kind, interval=interval)
+    return frame, {"source": "synthetic", "kind": kind, "seed": seed, "bars": n_bars}
+
+
+# --- Yahoo Finance with an incremental local store ---------------------------------------------------
+
+# How far back Yahoo serves intraday bars (days before today) and the longest span of one request.
+YAHOO_MAX_DAYS = {"1m": 29, "5m": 59, "15m": 59, "30m": 59, "1h": 729}
+YAHOO_REQUEST_DAYS = {"1m": 7}
+# Each update re-fetches this many days before the last stored bar: a reachable Yahoo always returns rows
+# (so an empty answer means failure, never "nothing new"), and changed adjustments show up in the overlap.
+OVERLAP_DAYS = {"1d": 10}
+OVERLAP_DAYS_INTRADAY = 4
+RETRY_DELAYS = (2.0, 4.0, 8.0)  # seconds before the 2nd, 3rd and 4th attempt (rate limits: five times longer)
+AUTO_ADJUST = True  # Yahoo's OHLC adjusted for splits and dividends (its default changed in 0.2.51: be explicit)
+
+_sleep: Callable[[float], None] = time.sleep  # tests replace it to run retries instantly
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _fetch_yfinance(symbol: str, interval: str, start: datetime, end: datetime | None) -> pd.DataFrame:
+    """The one place that talks to Yahoo (tests fake this function or yfinance's ``Ticker.history``)."""
+    import yfinance as yf
+
+    return yf.Ticker(symbol).history(start=start, end=end, interval=interval, auto_adjust=AUTO_ADJUST,
+                                     actions=False, prepost=False, repair=False)
+
+
+def _yahoo_frame(frame: pd.DataFrame, interval: str) -> pd.DataFrame:
+    if isinstance(frame.columns, pd.MultiIndex):  # yf.download style (field, ticker)
+        frame = frame.droplevel(-1, axis=1)
+    frame = frame.rename(columns=str.lower)
+    missing = [c for c in OHLCV if c not in frame.columns]
+    if missing:
+        raise DataError(f"Yahoo's answer lacks column(s) {', '.join(missing)}")
+    index = pd.DatetimeIndex(frame.index)
+    if interval == "1d":  # daily bars are stamped midnight exchange time: keep the exchange's date
+        index = (index.tz_localize(None) if index.tz is not None else index).normalize()
+    elif index.tz is not None:
+        index = index.tz_convert("UTC").tz_localize(None)
+    out = frame[OHLCV].astype("float64").set_axis(index.rename("timestamp"))
+    return out.dropna(subset=["close"])
+
+
+def _fetch_with_retries(symbol: str, interval: str, start: datetime, end: datetime | None) -> pd.DataFrame:
+    last_problem = "no answer"
+    for attempt in range(len(RETRY_DELAYS) + 1):
+        if attempt:
+            delay = RETRY_DELAYS[attempt - 1] * (5 if "rate" in last_problem.lower() else 1)
+            logger.info("%s: retrying Yahoo in %.0f s (%s)", symbol, delay, last_problem)
+            _sleep(delay)
+        try:
+            frame = _fetch_yfinance(symbol, interval, start, end)
+        except Exception as exc:  # network, rate limit, Yahoo API change: all worth another try
+            last_problem = f"{type(exc).__name__}: {exc}"
+            logger.debug("Yahoo request failed", exc_info=True)
+            continue
+        if frame is not None and len(frame):
+            return _yahoo_frame(frame, interval)
+        last_problem = "empty answer"
+    raise DataError(f"Yahoo returned no data for {symbol} ({interval}, from {start:%Y-%m-%d}) after "
+                    f"{len(RETRY_DELAYS) + 1} attempts ({last_problem}): offline, rate limited, or an unknown "
+                    "or delisted symbol")
+
+
+def raw_store_path(symbol: str, interval: str) -> Path:
+    """``data/raw/{SYMBOL}_{INTERVAL}.csv``: every bar fetched from Yahoo so far."""
+    return paths.data_dir() / "raw" / f"{safe_name(symbol)}_{interval}.csv"
+
+
+def read_store(symbol: str, interval: str) -> pd.DataFrame | None:
+    path = raw_store_path(symbol, interval)
+    if not path.exists():
+        return None
+    try:
+        frame = pd.read_csv(path, index_col="timestamp", parse_dates=["timestamp"])
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: the local store is unreadable ({exc}); delete it to download afresh") from exc
+    return frame[OHLCV].astype("float64") if len(frame) else None
+
+
+def _write_store(symbol: str, interval: str, frame: pd.DataFrame, meta: dict[str, Any]) -> None:
+    path = raw_store_path(symbol, interval)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, date_format="%Y-%m-%d %H:%M:%S")
+    atomic_write_json(path.with_suffix(".meta.json"), meta)
+
+
+def load_yahoo(symbol: str, interval: str, start: str | None = None, end: str | None = None,
+               update: bool = True, now: datetime | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Bars from the local store, updated from Yahoo Finance first when ``update`` (or when there is no store).
+
+    Only what is new is fetched (from a few days before the last stored bar) and appended, deduplicated, so
+    intraday history grows beyond Yahoo's 30/60/730-day windows when updates run often enough. When Yahoo
+    fails and the store has bars, the store is used and a warning says how stale it is.
+
+    :param start: first date wanted for a first download (``None``: all Yahoo has).
+    :param end: last date wanted (inclusive; ``None``: up to now).
+    :param now: the current UTC time (tests fix it).
+    """
+    now = now or _utcnow()
+    store = read_store(symbol, interval)
+    store_file = raw_store_path(symbol, interval)
+    info: dict[str, Any] = {"source": "yahoo", "store": str(store_file.relative_to(paths.workspace())),
+                            "auto_adjust": AUTO_ADJUST}
+    if store is not None and not update:
+        age = (now - store.index[-1]).total_seconds() / 86400
+        logger.info("%s: using the local store (%d bars, last %s, %.1f days old; --update-data fetches new bars)",
+                    symbol, len(store), store.index[-1], age)
+        return store, {**info, "updated": False, "last_bar": store.index[-1], "age_days": round(age, 2)}
+
+    earliest = now - timedelta(days=YAHOO_MAX_DAYS[interval]) if interval in YAHOO_MAX_DAYS else None
+    if store is not None:
+        overlap = OVERLAP_DAYS.get(interval, OVERLAP_DAYS_INTRADAY)
+        fetch_start = store.index[-1].to_pydatetime() - timedelta(days=overlap)
+    else:
+        fetch_start = pd.Timestamp(start).to_pydatetime() if start else datetime(1970, 1, 2)
+    if earliest is not None and fetch_start < earliest:
+        if store is None and start:
+            logger.warning("%s: Yahoo keeps %s bars for only %d days; fetching from %s, not %s (run updates "
+                           "regularly to grow a longer history in %s)", symbol, interval, YAHOO_MAX_DAYS[interval],
+                           f"{earliest:%Y-%m-%d}", start, info["store"])
+        fetch_start = earliest
+    fetch_end = (pd.Timestamp(end) + pd.Timedelta(days=1)).to_pydatetime() if end else None
+
+    try:
+        fresh = _fetch_span(symbol, interval, fetch_start, fetch_end or now)
+    except DataError as exc:
+        if store is None:
+            raise DataError(f"{symbol}: {exc}; no local store at {info['store']} to fall back on. "
+                            f"Other sources: {OTHER_SOURCES}") from exc
+        age = (now - store.index[-1]).total_seconds() / 86400
+        logger.warning("%s: Yahoo failed (%s); using the local store instead: %d bars, the last from %s, "
+                       "%.1f days old", symbol, exc, len(store), store.index[-1], age)
+        return store, {**info, "updated": False, "update_failed": str(exc), "last_bar": store.index[-1],
+                       "age_days": round(age, 2)}
+
+    merged, new_rows = _merge_into_store(symbol, store, fresh)
+    meta = {"symbol": symbol, "interval": interval, "auto_adjust": AUTO_ADJUST, "last_fetch_utc": now,
+            "rows": len(merged), "first": merged.index[0], "last": merged.index[-1], "new_rows": new_rows}
+    _write_store(symbol, interval, merged, meta)
+    age = (now - merged.index[-1]).total_seconds() / 86400
+    logger.info("%s: Yahoo gave %d bars, %d new; the store holds %d (%s .. %s)", symbol, len(fresh), new_rows,
+                len(merged), merged.index[0], merged.index[-1])
+    return merged, {**info, "updated": True, "new_rows": new_rows, "fetched_at": now,
+                    "last_bar": merged.index[-1], "age_days": round(age, 2)}
+
+
+def _fetch_span(symbol: str, interval: str, start: datetime, end: datetime) -> pd.DataFrame:
+    step = YAHOO_REQUEST_DAYS.get(interval)
+    if step is None:
+        return _fetch_with_retries(symbol, interval, start, end)
+    parts, errors = [], []
+    cursor = start
+    while cursor < end:
+        stop = min(cursor + timedelta(days=step), end)
+        try:
+            parts.append(_fetch_with_retries(symbol, interval, cursor, stop))
+        except DataError as exc:  # a week without bars (holidays) is not a failure unless all are empty
+            errors.append(str(exc))
+        cursor = stop
+    if not parts:
+        raise DataError(errors[-1] if errors else f"Yahoo returned no data for {symbol}")
+    return pd.concat(parts)
+
+
+def _merge_into_store(symbol: str, store: pd.DataFrame | None, fresh: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    fresh = fresh[~fresh.index.duplicated(keep="last")].sort_index()
+    if store is None:
+        return fresh, len(fresh)
+    common = store.index.intersection(fresh.index)
+    if len(common):
+        first = common[0]
+        ratio = fresh.at[first, "close"] / store.at[first, "close"]
+        if abs(ratio - 1) > 1e-4:
+            # Yahoo's adjusted prices shift backwards after a split or dividend: keep the store consistent.
+            older = store.index < first
+            store = store.copy()
+            store.loc[older, ["open", "high", "low", "close"]] *= ratio
+            logger.warning("%s: Yahoo's adjusted prices changed since the last update (split or dividend, "
+                           "factor %.6f); rescaled %d stored bars", symbol, ratio, int(older.sum()))
+    else:
+        logger.warning("%s: the new bars start %s but the store ends %s: a gap Yahoo can no longer fill",
+                       symbol, fresh.index[0], store.index[-1])
+    new_rows = int((~fresh.index.isin(store.index)).sum())
+    merged = pd.concat([store[~store.index.isin(fresh.index)], fresh]).sort_index()
+    merged.index.name = "timestamp"
+    return merged, new_rows
