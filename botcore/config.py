@@ -232,6 +232,18 @@ def _negative_percent(v: Any) -> str | None:
     return None if -100 <= v < 0 else "must be a negative percentage between -100 and 0, e.g. -25.0"
 
 
+def _timezone(v: Any) -> str | None:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(v)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        hint = difflib.get_close_matches(v, sorted(zoneinfo.available_timezones()), n=1)
+        return "is not a time zone; use an IANA name such as UTC or Europe/Berlin" + (
+            f" (did you mean {hint[0]!r}?)" if hint else "")
+    return None
+
+
 def _weekday(v: Any) -> str | None:
     return None if v is None else _choice(*_WEEKDAYS)(v)
 
@@ -244,6 +256,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "training_schedule.data_update_at": _time,
     "training_schedule.evaluation_at": _time,
     "training_schedule.weekday": _weekday,
+    "training_schedule.timezone": _timezone,
     "training_schedule.lock_wait_seconds": _non_negative,
     "training_schedule.job_timeout_minutes": _positive,
     "training_params.steps": _positive,
