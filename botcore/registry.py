@@ -1,0 +1,429 @@
+"""The model registry: every finished training run, its metadata, its checksum and the champions.
+
+Layout under ``models/`` (relative to the workspace)::
+
+    models/{SAFE_SYM}_{INTERVAL}_{model_type}_{run_id}/model.zip       the trained model (one file)
+    models/{SAFE_SYM}_{INTERVAL}_{model_type}_{run_id}/metadata.json   everything about the run
+    models/champions.json                                              "SYM/INTERVAL/model_type" -> run_id
+    models/backup_<timestamp>/...                                      old versions of replaced files
+    models/checkpoints/<run>/                                          unfinished runs (train_bot.py)
+
+``metadata["sha256"]`` is the model file's checksum; :meth:`Registry.verify` checks it before every load, so
+a tampered or truncated model is refused with a :class:`~botcore.errors.ModelFileError` naming the file.
+
+Champions: per symbol, interval and model type one run is the champion. A new run is promoted only when its
+validation score (annualised Sharpe ratio net of costs on the validation split) beats the champion's by at
+least ``registry.promotion_margin``; otherwise it stays a challenger. A run whose score is undefined (a policy
+that never trades has no return variance, so no Sharpe ratio) is never promoted.
+
+Several processes may register at the same time (``train_bot.py --workers``): writes to ``champions.json``
+happen under an exclusive ``fcntl`` lock on ``models/.registry.lock``.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import fcntl
+import json
+import logging
+import math
+import secrets
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from botcore import paths
+from botcore.atomic import atomic_path, atomic_write_json, sha256_file
+from botcore.errors import ModelFileError, UserError
+from botcore.symbols import safe_name, validate_symbol
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.zip"
+METADATA_FILE = "metadata.json"
+CHAMPIONS_FILE = "champions.json"
+LOCK_FILE = ".registry.lock"
+BACKUP_PREFIX = "backup_"
+MODEL_TYPES = ("deepscalper", "backtrader")
+ALGOS = ("deepscalper", "ppo", "a2c", "dqn")
+
+
+@dataclass
+class RunRecord:
+    """One registered run.
+
+    :param run_id: ``{YYYYmmddTHHMMSS}_{6 hex}``; sorts by creation time.
+    :param model_type: ``deepscalper`` or ``backtrader``.
+    :param algo: ``deepscalper``, ``ppo``, ``a2c`` or ``dqn``.
+    :param path: the run's folder.
+    :param model_path: the model file inside it.
+    :param metadata: the content of ``metadata.json``.
+    :param is_champion: whether ``champions.json`` names this run for its symbol, interval and model type.
+    """
+
+    run_id: str
+    model_type: str
+    algo: str
+    symbol: str
+    interval: str
+    path: Path
+    model_path: Path
+    metadata: dict[str, Any] = field(repr=False)
+    is_champion: bool = False
+
+    @property
+    def key(self) -> str:
+        """The champion key ``SYM/INTERVAL/model_type``."""
+        return champion_key(self.symbol, self.interval, self.model_type)
+
+    @property
+    def score(self) -> float:
+        """The validation score (annualised Sharpe net of costs on the val split); nan when undefined."""
+        return validation_score(self.metadata)
+
+    @property
+    def created(self) -> str:
+        return str(self.metadata.get("created", ""))
+
+
+@dataclass
+class PromotionDecision:
+    """What :meth:`Registry.register` decided about a new run."""
+
+    promoted: bool
+    reason: str
+    score: float
+    champion_score: float | None
+    previous_champion: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"promoted": self.promoted, "reason": self.reason, "score": self.score,
+                "champion_score": self.champion_score, "previous_champion": self.previous_champion}
+
+
+def champion_key(symbol: str, interval: str, model_type: str) -> str:
+    return f"{validate_symbol(symbol)}/{interval}/{model_type}"
+
+
+def validation_score(metadata: dict[str, Any]) -> float:
+    """``metadata["validation"]["sharpe_ratio"]`` as a float (nan when missing, null or not a number)."""
+    value = (metadata.get("validation") or {}).get("sharpe_ratio")
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return score
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}_{secrets.token_hex(3)}"
+
+
+class Registry:
+    """Read and write the registry under ``root`` (default ``models/`` in the current workspace).
+
+    :param root: the models folder.
+    :param promotion_margin: validation Sharpe a challenger must add to the champion's to replace it.
+    :param keep_backups: how many ``backup_<timestamp>`` folders to keep (oldest pruned first).
+    """
+
+    def __init__(self, root: Path | str | None = None, promotion_margin: float = 0.05, keep_backups: int = 5):
+        self.root = Path(root) if root is not None else paths.models_dir()
+        if promotion_margin < 0:
+            raise ValueError("promotion_margin must be 0 or more")
+        if keep_backups < 1:
+            raise ValueError("keep_backups must be 1 or more")
+        self.promotion_margin = float(promotion_margin)
+        self.keep_backups = int(keep_backups)
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], root: Path | str | None = None) -> Registry:
+        """A registry with ``registry.promotion_margin`` and ``registry.keep_backups`` from a loaded config."""
+        reg = cfg.get("registry", {})
+        return cls(root, promotion_margin=reg.get("promotion_margin", 0.05), keep_backups=reg.get("keep_backups", 5))
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    def runs(self, symbol: str | None = None, interval: str | None = None,
+             model_type: str | None = None) -> list[RunRecord]:
+        """Registered runs, newest first, optionally filtered. Folders with unreadable metadata are skipped
+        with a warning (``get`` on them raises)."""
+        want_symbol = validate_symbol(symbol) if symbol else None
+        champions = self._read_champions()
+        records = []
+        for folder in self._run_folders():
+            try:
+                record = self._read_record(folder, champions)
+            except ModelFileError as exc:
+                logger.warning("skipping %s: %s", folder, exc)
+                continue
+            if want_symbol and record.symbol != want_symbol:
+                continue
+            if interval and record.interval != interval:
+                continue
+            if model_type and record.model_type != model_type:
+                continue
+            records.append(record)
+        records.sort(key=lambda r: (r.created, r.run_id), reverse=True)
+        return records
+
+    def get(self, run_id_or_path: str | Path) -> RunRecord:
+        """A run by its id, its folder name, its folder path or its model file path.
+
+        :raises UserError: when no run matches (the message lists the known ids).
+        :raises ModelFileError: when the run's metadata is missing or corrupt.
+        """
+        text = str(run_id_or_path)
+        candidate = Path(text)
+        if candidate.name in (MODEL_FILE, METADATA_FILE):
+            candidate = candidate.parent
+        if candidate.is_dir() and (candidate / METADATA_FILE).exists():
+            return self._read_record(candidate, self._read_champions())
+        matches = [f for f in self._run_folders() if f.name == text or f.name.endswith(f"_{text}")]
+        if len(matches) == 1:
+            return self._read_record(matches[0], self._read_champions())
+        known = [f.name for f in self._run_folders()]
+        if len(matches) > 1:
+            raise UserError(f"run {text!r} is ambiguous: {', '.join(m.name for m in matches)}")
+        ids = ["_".join(name.rsplit("_", 2)[-2:]) for name in known]
+        hint = difflib.get_close_matches(text, ids + known, n=1)
+        extra = f"; did you mean {hint[0]!r}?" if hint else ""
+        listing = (", ".join(ids[:20]) + (" ..." if len(ids) > 20 else "")) if ids else \
+            "none (train one with train_bot.py)"
+        raise UserError(f"no registered run {text!r} under {self.root}{extra}; known runs: {listing}")
+
+    def champion(self, symbol: str, interval: str, model_type: str) -> RunRecord | None:
+        """The champion for a symbol, interval and model type, or None (none promoted, or its folder is gone)."""
+        run_id = self._read_champions().get(champion_key(symbol, interval, model_type))
+        if not run_id:
+            return None
+        try:
+            return self.get(run_id)
+        except UserError as exc:
+            logger.warning("champion %s for %s is not usable: %s", run_id,
+                           champion_key(symbol, interval, model_type), exc)
+            return None
+
+    def champions(self) -> list[RunRecord]:
+        """Every champion whose run folder is readable, sorted by key."""
+        out = []
+        for key, run_id in sorted(self._read_champions().items()):
+            try:
+                out.append(self.get(run_id))
+            except UserError as exc:
+                logger.warning("champion %s for %s is not usable: %s", run_id, key, exc)
+        return out
+
+    # --- checksums and loading --------------------------------------------------------------------
+
+    def verify(self, record: RunRecord) -> None:
+        """Raise ModelFileError unless the model file exists and matches the sha256 in its metadata."""
+        expected = record.metadata.get("sha256")
+        if not record.model_path.is_file():
+            raise ModelFileError(f"model file {record.model_path} is missing; retrain it or restore it from "
+                                 f"{self.root}/{BACKUP_PREFIX}*")
+        if not isinstance(expected, str) or len(expected) != 64:
+            raise ModelFileError(f"{record.path / METADATA_FILE} holds no valid sha256 for {record.model_path}; "
+                                 "the model cannot be checked, so it is not loaded")
+        actual = sha256_file(record.model_path)
+        if actual != expected:
+            raise ModelFileError(
+                f"model file {record.model_path} fails its sha256 check (expected {expected[:12]}..., found "
+                f"{actual[:12]}...): it was modified or truncated after training; retrain it or restore a copy")
+
+    def load_policy(self, record: RunRecord, env: Any = None) -> Any:
+        """Verify the checksum, then load the model; the result has ``predict(obs, deterministic=True)``.
+
+        :param env: optional env to attach (SB3 and DeepScalper accept one; prediction does not need it).
+        """
+        self.verify(record)
+        algo = record.algo
+        if algo == "deepscalper":
+            from deepscalper import DeepScalper
+
+            return DeepScalper.load(record.model_path, env=env)
+        if algo not in ("ppo", "a2c", "dqn"):
+            raise ModelFileError(f"{record.path / METADATA_FILE}: unknown algo {algo!r}; expected one of "
+                                 f"{', '.join(ALGOS)}")
+        import stable_baselines3 as sb3
+
+        cls = {"ppo": sb3.PPO, "a2c": sb3.A2C, "dqn": sb3.DQN}[algo]
+        try:
+            return cls.load(record.model_path, env=env, device="cpu")
+        except Exception as exc:  # SB3 raises many kinds (zip, pickle, shape, key errors) for a bad file
+            raise ModelFileError(f"model file {record.model_path} cannot be loaded as a {algo.upper()} model: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+
+    # --- writing ----------------------------------------------------------------------------------
+
+    def register(self, model_file: Path | str, metadata: dict[str, Any], promote: bool = True,
+                 run_id: str | None = None) -> tuple[RunRecord, PromotionDecision]:
+        """Copy a trained model into a new run folder, write its metadata (with sha256) and decide promotion.
+
+        :param model_file: the saved model (it is copied, not moved).
+        :param metadata: must hold model_type, algo, symbol, interval and ``validation.sharpe_ratio``
+            (may be nan/None); ``run_id``, ``sha256``, ``created`` and ``promotion`` are filled in here.
+        :param promote: False registers the run as a challenger without comparing.
+        :param run_id: a chosen id (default: a new time-stamped one).
+        """
+        source = Path(model_file)
+        if not source.is_file():
+            raise ModelFileError(f"model file {source} does not exist; nothing to register")
+        for key in ("model_type", "algo", "symbol", "interval"):
+            if not metadata.get(key):
+                raise ValueError(f"metadata needs {key!r}")
+        if metadata["model_type"] not in MODEL_TYPES:
+            raise ValueError(f"model_type must be one of {MODEL_TYPES}")
+        if metadata["algo"] not in ALGOS:
+            raise ValueError(f"algo must be one of {ALGOS}")
+        symbol = validate_symbol(metadata["symbol"])
+        run_id = run_id or new_run_id()
+        folder = self.root / f"{safe_name(symbol)}_{metadata['interval']}_{metadata['model_type']}_{run_id}"
+        with self._locked():
+            if folder.exists():
+                raise ValueError(f"run folder {folder} already exists")
+            folder.mkdir(parents=True)
+            with atomic_path(folder / MODEL_FILE) as tmp:
+                shutil.copyfile(source, tmp)
+            meta = dict(metadata)
+            meta.update(run_id=run_id, symbol=symbol, sha256=sha256_file(folder / MODEL_FILE),
+                        created=meta.get("created") or datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+                        model_file=MODEL_FILE)
+            decision = self._decide(symbol, meta["interval"], meta["model_type"], validation_score(meta), promote)
+            meta["promotion"] = decision.to_dict()
+            atomic_write_json(folder / METADATA_FILE, meta)
+            if decision.promoted:
+                self._write_champion(champion_key(symbol, meta["interval"], meta["model_type"]), run_id)
+        logger.info("registered %s (%s): %s", folder.name, "champion" if decision.promoted else "challenger",
+                    decision.reason)
+        return self.get(folder), decision
+
+    def set_champion(self, record: RunRecord) -> None:
+        """Make ``record`` the champion of its key regardless of scores (a manual promotion or rollback)."""
+        self.verify(record)
+        with self._locked():
+            self._write_champion(record.key, record.run_id)
+        logger.info("%s is now the champion of %s", record.run_id, record.key)
+
+    def backup(self, files: Iterable[Path]) -> Path | None:
+        """Copy the existing ``files`` (inside the models folder) to a new ``backup_<timestamp>/`` folder,
+        keeping their relative paths, then prune old backups. Returns the backup folder (None if nothing)."""
+        existing = [Path(f) for f in files if Path(f).exists()]
+        if not existing:
+            return None
+        stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime()) + f"_{time.time_ns() % 1_000_000_000:09d}"
+        target = self.root / f"{BACKUP_PREFIX}{stamp}"
+        target.mkdir(parents=True, exist_ok=False)
+        for item in existing:
+            try:
+                rel = item.resolve().relative_to(self.root.resolve())
+            except ValueError:
+                rel = Path(item.name)
+            dest = target / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if item.is_dir():
+                shutil.copytree(item, dest)
+            else:
+                shutil.copy2(item, dest)
+        self.prune_backups()
+        return target
+
+    def backups(self) -> list[Path]:
+        """Backup folders, oldest first."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(BACKUP_PREFIX))
+
+    def prune_backups(self) -> list[Path]:
+        """Delete the oldest backups beyond ``keep_backups``; returns the deleted folders."""
+        folders = self.backups()
+        old = folders[: len(folders) - self.keep_backups] if len(folders) > self.keep_backups else []
+        for folder in old:
+            shutil.rmtree(folder, ignore_errors=True)
+        return old
+
+    # --- internals --------------------------------------------------------------------------------
+
+    def _decide(self, symbol: str, interval: str, model_type: str, score: float,
+                promote: bool) -> PromotionDecision:
+        current = self.champion(symbol, interval, model_type)
+        champ_score = current.score if current is not None else None
+        champ_id = current.run_id if current is not None else None
+        if not promote:
+            return PromotionDecision(False, "registered as a challenger (promotion not requested)", score,
+                                     champ_score, champ_id)
+        if not math.isfinite(score):
+            return PromotionDecision(False, "validation Sharpe is undefined (no return variance on the "
+                                     "validation split); kept as a challenger", score, champ_score, champ_id)
+        if current is None:
+            return PromotionDecision(True, "first model with a defined validation Sharpe for this symbol, "
+                                     "interval and model type", score, None, None)
+        if champ_score is None or not math.isfinite(champ_score):
+            return PromotionDecision(True, f"champion {champ_id} has no defined validation Sharpe", score,
+                                     champ_score, champ_id)
+        if score - champ_score >= self.promotion_margin and score > champ_score:
+            return PromotionDecision(True, f"validation Sharpe {score:.3f} beats champion {champ_id} "
+                                     f"({champ_score:.3f}) by at least {self.promotion_margin:g}", score,
+                                     champ_score, champ_id)
+        return PromotionDecision(False, f"validation Sharpe {score:.3f} does not beat champion {champ_id} "
+                                 f"({champ_score:.3f}) by {self.promotion_margin:g}; kept as a challenger", score,
+                                 champ_score, champ_id)
+
+    def _write_champion(self, key: str, run_id: str) -> None:
+        champions = self._read_champions()
+        champions[key] = run_id
+        target = self.root / CHAMPIONS_FILE
+        self.backup([target])
+        atomic_write_json(target, dict(sorted(champions.items())))
+
+    def _read_champions(self) -> dict[str, str]:
+        target = self.root / CHAMPIONS_FILE
+        if not target.exists():
+            return {}
+        try:
+            data = json.loads(target.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelFileError(f"{target} is unreadable ({exc}); restore it from {self.root}/{BACKUP_PREFIX}*")
+        if not isinstance(data, dict):
+            raise ModelFileError(f"{target} must hold a JSON object; restore it from {self.root}/{BACKUP_PREFIX}*")
+        return {str(k): str(v) for k, v in data.items()}
+
+    def _run_folders(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return [p for p in self.root.iterdir()
+                if p.is_dir() and not p.name.startswith((BACKUP_PREFIX, ".")) and p.name != "checkpoints"
+                and (p / METADATA_FILE).exists()]
+
+    def _read_record(self, folder: Path, champions: dict[str, str]) -> RunRecord:
+        meta_file = folder / METADATA_FILE
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelFileError(f"{meta_file} is missing; {folder} is not a registered run") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelFileError(f"{meta_file} is unreadable: {exc}") from None
+        if not isinstance(meta, dict):
+            raise ModelFileError(f"{meta_file} must hold a JSON object")
+        missing = [k for k in ("run_id", "model_type", "algo", "symbol", "interval") if not meta.get(k)]
+        if missing:
+            raise ModelFileError(f"{meta_file} lacks {', '.join(missing)}")
+        record = RunRecord(run_id=meta["run_id"], model_type=meta["model_type"], algo=meta["algo"],
+                           symbol=meta["symbol"], interval=meta["interval"], path=folder,
+                           model_path=folder / meta.get("model_file", MODEL_FILE), metadata=meta)
+        record.is_champion = champions.get(record.key) == record.run_id
+        return record
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILE, "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

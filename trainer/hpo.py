@@ -1,0 +1,251 @@
+"""Hyperparameter search with Optuna for train_bot.py ``--optimize``.
+
+Objective: the validation Sharpe ratio (annualised, net of costs, val split, fast engine) of a model trained
+with the trial's hyperparameters, averaged over ``seeds`` seeds (seed, seed+1, ...). A trial whose every seed
+gives an undefined Sharpe (a policy that never trades) has no value and is recorded as failed.
+
+Samplers: TPE (default), a grid over ``optimize.grid`` from the config (``--sampler grid``), or random.
+Pruning: a median pruner over the intermediate validation scores of the first seed (reported at every
+validation: each iteration's end, and every ``eval_every`` steps; when neither gives more than one, a trial
+validates every quarter of its steps).
+
+Storage: any URL Optuna supports (``sqlite:///results/optuna.db`` by default). Several processes, or machines
+sharing one PostgreSQL/MySQL database, work on the same study at once: the study is created once, then every
+worker loads it and runs its share of the trials.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from botcore.errors import ConfigError, UserError
+from botcore.symbols import safe_name
+from botcore.training import JobResult, JobSpec, StopFlag, run_job, stop_on_signals
+
+logger = logging.getLogger(__name__)
+
+# name -> (kind, arguments): "log" (low, high) log-uniform float, "float" (low, high), "cat" [choices]
+SEARCH_SPACES: dict[str, dict[str, tuple[str, Any]]] = {
+    "deepscalper": {
+        "learning_rate": ("log", (1e-5, 1e-3)), "hidden_size": ("cat", [32, 64, 128]),
+        "gamma": ("cat", [0.9, 0.95, 0.99]), "batch_size": ("cat", [32, 64, 128]),
+        "hindsight_weight": ("log", (1e-3, 1e-1)), "aux_weight": ("cat", [0.5, 1.0]),
+        "target_update_interval": ("cat", [250, 500, 1000]),
+    },
+    "ppo": {
+        "learning_rate": ("log", (1e-5, 1e-3)), "hidden_size": ("cat", [32, 64, 128]),
+        "gamma": ("cat", [0.9, 0.95, 0.99]), "n_steps": ("cat", [128, 256, 512]),
+        "batch_size": ("cat", [32, 64, 128]), "ent_coef": ("log", (1e-4, 1e-1)),
+    },
+    "a2c": {
+        "learning_rate": ("log", (1e-5, 1e-3)), "hidden_size": ("cat", [32, 64, 128]),
+        "gamma": ("cat", [0.9, 0.95, 0.99]), "n_steps": ("cat", [5, 16, 64]), "ent_coef": ("log", (1e-4, 1e-1)),
+    },
+    "dqn": {
+        "learning_rate": ("log", (1e-5, 1e-3)), "hidden_size": ("cat", [32, 64, 128]),
+        "gamma": ("cat", [0.9, 0.95, 0.99]), "batch_size": ("cat", [32, 64, 128]),
+        "exploration_fraction": ("float", (0.05, 0.5)), "target_update_interval": ("cat", [250, 500, 1000]),
+    },
+}
+
+
+@dataclasses.dataclass
+class StudySettings:
+    """One study: where it lives, how it samples, how many trials and seeds."""
+
+    storage: str
+    study_name: str
+    sampler: str  # tpe | grid | random
+    trials: int
+    seeds: int
+    grid: dict[str, list[Any]]
+
+    @property
+    def storage_redacted(self) -> str:
+        return redact(self.storage)
+
+
+def redact(url: str) -> str:
+    """The storage URL with any password replaced by ``***`` (it goes into logs and metadata)."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def default_study_name(spec: JobSpec) -> str:
+    return f"{safe_name(spec.symbol)}_{spec.interval}_{spec.model_type}_{spec.algo}"
+
+
+def check_grid(algo: str, grid: dict[str, Any]) -> dict[str, list[Any]]:
+    """The grid for ``algo`` (only its tunable names; lists of values), or ConfigError."""
+    space = SEARCH_SPACES[algo]
+    if not grid:
+        raise ConfigError("optimize.grid is empty; give lists of values, e.g. "
+                          '{"learning_rate": [1e-4, 3e-4], "hidden_size": [32, 64]}')
+    out = {}
+    for name, values in grid.items():
+        if name not in space:
+            raise ConfigError(f"optimize.grid: {name!r} is not tunable for {algo}; use {', '.join(space)}")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"optimize.grid.{name} must be a non-empty list of values")
+        out[name] = values
+    return out
+
+
+def _storage(url: str) -> Any:
+    import optuna
+
+    if url.startswith("sqlite:///"):
+        db = url[len("sqlite:///"):]
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        # concurrent writers wait for the lock instead of failing at once
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as exc:  # bad URL, missing driver, unreachable server
+        raise UserError(f"cannot open Optuna storage {redact(url)}: {type(exc).__name__}: {exc}") from exc
+
+
+def _sampler(settings: StudySettings, seed: int) -> Any:
+    import optuna
+
+    if settings.sampler == "grid":
+        return optuna.samplers.GridSampler(settings.grid, seed=seed)
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def create_study(settings: StudySettings, seed: int) -> Any:
+    """Create the study (or load it when it exists), once, before workers start."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(study_name=settings.study_name, storage=_storage(settings.storage),
+                               direction="maximize", sampler=_sampler(settings, seed),
+                               pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+                               load_if_exists=True)
+
+
+def suggest(trial: Any, algo: str, settings: StudySettings) -> dict[str, Any]:
+    """The trial's hyperparameters: the grid's names for a grid search, else the algorithm's whole space."""
+    if settings.sampler == "grid":
+        return {name: trial.suggest_categorical(name, values) for name, values in settings.grid.items()}
+    params = {}
+    for name, (kind, arg) in SEARCH_SPACES[algo].items():
+        if kind == "log":
+            params[name] = trial.suggest_float(name, arg[0], arg[1], log=True)
+        elif kind == "float":
+            params[name] = trial.suggest_float(name, arg[0], arg[1])
+        else:
+            params[name] = trial.suggest_categorical(name, arg)
+    return params
+
+
+class _Stopped(Exception):
+    """A stop request ended a trial (the study stops after it)."""
+
+
+def _objective(base: JobSpec, settings: StudySettings, stop: StopFlag) -> Any:
+    import optuna
+
+    def objective(trial: Any) -> float:
+        params = suggest(trial, base.algo, settings)
+        eval_every = base.eval_every
+        if not eval_every and base.iterations == 1:
+            eval_every = max(1, base.steps // 4)
+
+        reported: set[int] = set()
+
+        def report(step: int, score: float) -> None:
+            if math.isfinite(score) and step not in reported:  # a round's end may fall on an eval_every step
+                reported.add(step)
+                trial.report(score, step)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"validation Sharpe {score:.3f} at step {step}")
+
+        scores = []
+        for k in range(settings.seeds):
+            spec = dataclasses.replace(base, hyperparams=params, seed=base.seed + k, register=False,
+                                       checkpoints=False, resume=False, quiet=True, eval_every=eval_every,
+                                       cfg=base.cfg, trial_sharpes=[])
+            result: JobResult = run_job(spec, stop, report if k == 0 else None)
+            if result.status == "stopped":
+                raise _Stopped
+            scores.append(result.val_sharpe)
+        trial.set_user_attr("seed_sharpes", [s if math.isfinite(s) else None for s in scores])
+        finite = [s for s in scores if math.isfinite(s)]
+        if not finite:
+            trial.set_user_attr("failure", "validation Sharpe undefined for every seed (the policy never trades)")
+            return float("nan")  # Optuna records the trial as failed
+        return float(sum(finite) / len(finite))
+
+    return objective
+
+
+def optimize(base: JobSpec, settings: StudySettings, trials: int, worker_index: int = 0,
+             stop: StopFlag | None = None) -> int:
+    """Run ``trials`` trials of the study in this process; returns how many were run."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stop = stop or StopFlag()
+    study = optuna.load_study(study_name=settings.study_name, storage=_storage(settings.storage),
+                              sampler=_sampler(settings, base.seed + 1000 * worker_index),
+                              pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+    before = len(study.trials)
+
+    def stop_callback(study: Any, _trial: Any) -> None:
+        if stop.requested:
+            study.stop()
+
+    try:
+        study.optimize(_objective(base, settings, stop), n_trials=trials, callbacks=[stop_callback],
+                       catch=(UserError,), gc_after_trial=True)
+    except _Stopped:
+        logger.warning("optimization stopped by a signal")
+    return len(study.trials) - before
+
+
+def optimize_worker(base: JobSpec, settings: StudySettings, trials: int, worker_index: int) -> int:
+    """Entry point of a worker process (spawned): its share of the trials, stoppable by SIGTERM/SIGINT."""
+    stop = StopFlag()
+    with stop_on_signals(stop):
+        return optimize(base, settings, trials, worker_index, stop)
+
+
+@dataclasses.dataclass
+class StudySummary:
+    best_params: dict[str, Any]
+    best_value: float
+    best_trial: int
+    n_trials: int  # finished trials (complete, pruned, failed): the configurations tried
+    n_complete: int
+    n_pruned: int
+    n_failed: int
+    trial_sharpes: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def summarize(settings: StudySettings) -> StudySummary:
+    """Best trial and counts of the whole study (every session that worked on it)."""
+    import optuna
+
+    study = optuna.load_study(study_name=settings.study_name, storage=_storage(settings.storage))
+    state = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == state.COMPLETE]
+    pruned = [t for t in trials if t.state == state.PRUNED]
+    failed = [t for t in trials if t.state == state.FAIL]
+    if not complete:
+        raise UserError(f"no trial of study {settings.study_name!r} finished with a defined validation Sharpe "
+                        f"({len(pruned)} pruned, {len(failed)} failed); try more steps or more trials")
+    best = max(complete, key=lambda t: t.value)
+    return StudySummary(best_params=dict(best.params), best_value=float(best.value), best_trial=best.number,
+                        n_trials=len(complete) + len(pruned) + len(failed), n_complete=len(complete),
+                        n_pruned=len(pruned), n_failed=len(failed), trial_sharpes=[float(t.value) for t in complete])
