@@ -41,7 +41,7 @@ ENGINES = ("fast", "backtrader", "both")
 SYNTHETIC_KINDS = ("gbm", "regime", "jump")
 TABLE_COLUMNS = ("name", "kind", "status", "sharpe_ratio", "total_return_pct", "max_drawdown_pct", "num_trades",
                  "win_rate_pct", "psr", "dsr")
-REPORT_COLUMNS = ("name", "kind", "status", "total_return_pct", "cagr_pct", "volatility_pct", "max_drawdown_pct",
+REPORT_COLUMNS = ("label", "kind", "status", "total_return_pct", "cagr_pct", "volatility_pct", "max_drawdown_pct",
                   "sharpe_ratio", "sharpe_ci_low", "sharpe_ci_high", "sortino_ratio", "calmar_ratio", "num_trades",
                   "win_rate_pct", "profit_factor", "exposure_pct", "costs_paid", "psr", "dsr")
 # Cost and account settings taken from the CURRENT config for every model and baseline alike (like for like);
@@ -176,7 +176,9 @@ def _empty_metrics() -> dict[str, Any]:
 def _model_entry(record: Any) -> dict[str, Any]:
     meta = record.metadata
     trials = meta.get("hpo_trials")
-    return {"name": record.run_id, "kind": "model", "run_id": record.run_id, "model_type": record.model_type,
+    label = f"{record.algo}{'*' if record.is_champion else ''} {record.run_id}"
+    return {"name": record.run_id, "label": label, "kind": "model", "run_id": record.run_id,
+            "model_type": record.model_type,
             "algo": record.algo, "is_champion": bool(record.is_champion), "status": "pending",
             "error": None, "hpo_trials": int(trials) if isinstance(trials, int) and trials >= 1 else 1,
             "path": str(record.path), "validation_sharpe": record.score}
@@ -288,7 +290,7 @@ def evaluate_baselines(data: Any, cfg: dict[str, Any], ppy: float, engine: str,
     for name, policy in make_baselines(ev["ma_fast"], ev["ma_slow"], ev["random_seed"]).items():
         started = time.perf_counter()
         result, gap = _run_engines(policy, data, env_config, engine)
-        entry: dict[str, Any] = {"name": name, "kind": "baseline", "run_id": None, "model_type": "baseline",
+        entry: dict[str, Any] = {"name": name, "label": name, "kind": "baseline", "run_id": None, "model_type": "baseline",
                                  "algo": name, "is_champion": False, "status": "ok", "error": None, "hpo_trials": 1}
         entry.update(compute_metrics(result, ppy, n_trials=1, bootstrap_samples=ev["bootstrap_samples"],
                                      seed=ev["random_seed"]))
@@ -402,11 +404,13 @@ def evaluate_symbol(symbol: str, cfg: dict[str, Any], models: Sequence[str] | No
     if create_plots:
         from rl_env.report import create_plots as draw, write_html_report
 
-        all_results = {**model_results, **base_results}
-        metrics = {**{k: model_entries[k] for k in model_results}, **base_entries}
+        # Plots name models by algorithm and run id (a '*' marks a champion), baselines by name.
+        label = {k: model_entries[k]["label"] for k in model_results} | {k: k for k in base_results}
+        all_results = {label[k]: v for k, v in {**model_results, **base_results}.items()}
+        metrics = {label[k]: model_entries[k] for k in model_results} | {k: base_entries[k] for k in base_results}
         best_model = out["recommendation"]["best_model"]
         plots = draw(all_results, metrics, symbol, stamp, results_dir, ppy, baselines=list(base_results),
-                     trades_of=best_model or "ma_crossover", split_label=split)
+                     trades_of=label[best_model] if best_model else "ma_crossover", split_label=split)
         report = results_dir / f"report_{safe_name(symbol)}_{stamp}.html"
         header = {"symbol": symbol, "interval": interval, "market": info["market"],
                   "split": f"{split}: {info['split_range']['start']} to {info['split_range']['end']} "
@@ -434,10 +438,12 @@ def format_table(outcome: dict[str, Any]) -> str:
     rows = []
     for name in order:
         e = entries[name]
-        rows.append([name[:28], e["kind"], e["status"], *(_cell(e.get(c)) for c in TABLE_COLUMNS[3:])])
+        rows.append([e.get("label", name)[:40], e["kind"], e["status"], *(_cell(e.get(c)) for c in TABLE_COLUMNS[3:])])
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(heads)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    if any(e["kind"] == "model" for e in entries.values()):
+        lines.append("models are named by algorithm and run id; * marks the current champion")
     return "\n".join(lines)
 
 
