@@ -23,7 +23,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
 bench: $(VENV)/.installed
-	$(PY) -m pip install --quiet -r bench/requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r bench/requirements.txt
 	$(PY) bench/run_all.py
 
 clean-venv:

@@ -93,7 +93,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "deepscalper": {
         "hidden_size": 64,
-        "rnn": "gru",
+        "rnn": "mingru",  # micro encoder: mingru (fast on CPU) | gru | lstm
         "learning_rate": 1e-4,
         "gamma": 0.99,
         "batch_size": 64,
@@ -302,7 +302,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "env.reward": _choice("equity", "log_return", "risk_adjusted"),
     "env.episode_length": _positive,
     "deepscalper.hidden_size": _positive,
-    "deepscalper.rnn": _choice("gru", "lstm"),
+    "deepscalper.rnn": _choice("mingru", "gru", "lstm"),
     "deepscalper.learning_rate": _positive,
     "deepscalper.gamma": lambda v: None if 0 <= v <= 1 else "must be between 0 and 1",
     "deepscalper.batch_size": _positive,

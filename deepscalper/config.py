@@ -1,0 +1,145 @@
+"""DeepScalper hyperparameters: one dataclass field per key of ``botcore.config.DEFAULTS["deepscalper"]``.
+
+The defaults are read from ``DEFAULTS`` so that the config file, the flags and the agent can never disagree.
+Fields after ``single_branch`` are run settings that do not live in training_config.json (seed, device,
+logging, the micro window).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+from botcore.config import DEFAULTS
+from botcore.errors import ConfigError
+
+_D = DEFAULTS["deepscalper"]
+
+
+@dataclass
+class DeepScalperConfig:
+    """Every hyperparameter of the agent (Sun et al., CIKM 2022, with the settings of REFERENCES.md section 1)."""
+
+    hidden_size: int = _D["hidden_size"]
+    """Width of every encoder and head layer (paper: 32, 64 or 128)."""
+    rnn: str = _D["rnn"]
+    """Micro encoder: "mingru" (a GRU whose gates read the current bar only, evaluated in parallel over the
+    sequence: the fastest to train on a CPU), or torch's "gru" / "lstm" cells."""
+    learning_rate: float = _D["learning_rate"]
+    """Adam step size (paper: 1e-5 .. 1e-3)."""
+    gamma: float = _D["gamma"]
+    """Discount factor."""
+    batch_size: int = _D["batch_size"]
+    """Transitions per gradient update."""
+    buffer_size: int = _D["buffer_size"]
+    """Replay capacity in transitions."""
+    learning_starts: int = _D["learning_starts"]
+    """Env steps collected before the first gradient update."""
+    train_freq: int = _D["train_freq"]
+    """Env steps between training rounds."""
+    gradient_steps: int = _D["gradient_steps"]
+    """Gradient updates per training round."""
+    target_update_interval: int = _D["target_update_interval"]
+    """Gradient updates between target-network updates."""
+    tau: float = _D["tau"]
+    """Target update: 1.0 = hard copy, < 1 = Polyak averaging target <- tau * online + (1 - tau) * target."""
+    n_step: int = _D["n_step"]
+    """Length of the n-step return in the TD target (1 = one-step Q-learning)."""
+    max_grad_norm: float = _D["max_grad_norm"]
+    """Global gradient norm clip."""
+    prioritized_replay: bool = _D["prioritized_replay"]
+    """Prioritized experience replay (sum tree) when true, uniform replay when false."""
+    per_alpha: float = _D["per_alpha"]
+    """Priority exponent: P(i) = p_i^alpha / sum_k p_k^alpha."""
+    per_beta: float = _D["per_beta"]
+    """Initial importance-sampling exponent, annealed linearly to 1 over the planned training steps."""
+    exploration_initial_eps: float = _D["exploration_initial_eps"]
+    """Epsilon at the first step."""
+    exploration_final_eps: float = _D["exploration_final_eps"]
+    """Epsilon after the exploration fraction of the planned steps."""
+    exploration_fraction: float = _D["exploration_fraction"]
+    """Fraction of the planned steps over which epsilon decays linearly."""
+    hindsight_weight: float = _D["hindsight_weight"]
+    """w of the hindsight bonus w * (p_{t+h} - p_t) * pos_t, paid by the TRAINING env only (paper: 0.1)."""
+    hindsight_horizon: int = _D["hindsight_horizon"]
+    """h of the hindsight bonus, in bars."""
+    aux_weight: float = _D["aux_weight"]
+    """eta: weight of the volatility auxiliary loss, L = L_q + eta * L_vol (paper: 1.0)."""
+    vol_horizon: int = _D["vol_horizon"]
+    """Bars of FUTURE log returns whose standard deviation the auxiliary head predicts."""
+    use_hindsight: bool = _D["use_hindsight"]
+    """Ablation switch: false = train without the hindsight bonus (see training_env_overrides)."""
+    use_aux: bool = _D["use_aux"]
+    """Ablation switch: false = no volatility auxiliary task."""
+    single_branch: bool = _D["single_branch"]
+    """Ablation switch: one dueling head over the joint (price, quantity) actions instead of two branches."""
+    # --- run settings (not in training_config.json) ---
+    micro_window: int = 8
+    """Most recent bars fed to the micro (recurrent) encoder; 0 = the whole window."""
+    seed: int | None = None
+    """Seeds python, numpy and torch, the env's first reset and the agent's own generator."""
+    device: str = "cpu"
+    """torch device."""
+    torch_threads: int | None = 1
+    """torch.set_num_threads during learn() (1 is fastest for these small networks); None = leave it."""
+    per_eps: float = 1e-6
+    """Added to |TD error| so that no transition gets priority 0."""
+    log_dir: str | None = None
+    """Folder for progress.csv (losses, epsilon, Q values, episode P&L); None = no CSV."""
+    log_interval: int = 1000
+    """Env steps between rows of progress.csv and INFO log lines."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError on an impossible value."""
+        checks = {
+            "hidden_size": self.hidden_size > 0, "rnn": self.rnn in ("gru", "lstm", "mingru"),
+            "learning_rate": self.learning_rate > 0, "gamma": 0 <= self.gamma <= 1,
+            "batch_size": self.batch_size > 0, "buffer_size": self.buffer_size > 0,
+            "learning_starts": self.learning_starts >= 0, "train_freq": self.train_freq > 0,
+            "gradient_steps": self.gradient_steps > 0, "target_update_interval": self.target_update_interval > 0,
+            "tau": 0 < self.tau <= 1, "n_step": self.n_step > 0, "max_grad_norm": self.max_grad_norm > 0,
+            "per_alpha": self.per_alpha >= 0, "per_beta": 0 <= self.per_beta <= 1,
+            "exploration_initial_eps": 0 <= self.exploration_initial_eps <= 1,
+            "exploration_final_eps": 0 <= self.exploration_final_eps <= 1,
+            "exploration_fraction": 0 < self.exploration_fraction <= 1,
+            "hindsight_weight": self.hindsight_weight >= 0, "hindsight_horizon": self.hindsight_horizon > 0,
+            "aux_weight": self.aux_weight >= 0, "vol_horizon": self.vol_horizon > 0,
+            "micro_window": self.micro_window >= 0, "per_eps": self.per_eps > 0, "log_interval": self.log_interval > 0,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"deepscalper.{bad[0]} = {getattr(self, bad[0])!r} is out of range")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DeepScalperConfig:
+        """Build from a dict such as ``load_config()["deepscalper"]``; unknown keys raise ConfigError."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in names:
+                hint = difflib.get_close_matches(key, names, n=1)
+                extra = f"; did you mean {hint[0]!r}?" if hint else ""
+                raise ConfigError(f"deepscalper: unknown hyperparameter {key!r}{extra}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> DeepScalperConfig:
+        return DeepScalperConfig.from_dict({**self.to_dict(), **changes})
+
+
+def training_env_overrides(config: DeepScalperConfig) -> dict[str, Any]:
+    """The EnvConfig fields a TRAINING env needs for this config (hindsight bonus and volatility target).
+
+    The evaluation env is built with ``EnvConfig.from_config(..., training=False)``, which sets the hindsight
+    weight to 0: the bonus shapes learning only and is never part of a reported number.
+    """
+    return {
+        "hindsight_weight": config.hindsight_weight if config.use_hindsight else 0.0,
+        "hindsight_horizon": config.hindsight_horizon if config.use_hindsight else 0,
+        "vol_horizon": config.vol_horizon if config.use_aux else 0,
+    }
