@@ -14,6 +14,9 @@ from rl_env.data import MarketData
 
 OBS_BOUND = 1e4  # observations are clipped to [-OBS_BOUND, OBS_BOUND] (finite bounds for the checkers)
 N_PRIVATE = 4
+_NAN = math.nan
+_INTS = (int, np.integer)
+_REWARD_CODES = {"equity": 0, "log_return": 1, "risk_adjusted": 2}
 
 
 # --- broker arithmetic (the rules of backtrader's BackBroker, on python floats) --------------------------
@@ -62,20 +65,6 @@ def split_order(size: float, qty: float) -> tuple[float, float]:
     if qty < 0:
         return qty, 0.0
     return (0.0, qty) if new < 0 else (new, -size)
-
-
-def update_position(size: float, avg_price: float, qty: float, price: float) -> tuple[float, float]:
-    """New (size, average entry price) after executing ``qty`` at ``price``."""
-    new = size + qty
-    if not new:
-        return 0.0, 0.0
-    if not size:
-        return new, price
-    if (size > 0) == (qty > 0):
-        return new, (avg_price * size + qty * price) / new
-    if (new > 0) == (size > 0):
-        return new, avg_price
-    return new, price
 
 
 def account_value(cash: float, size: float, avg_price: float, price: float, leverage: float) -> float:
@@ -163,7 +152,8 @@ class TradingEnv(gym.Env):
     with ``==``, and NaN never equals NaN); ``filled`` says whether anything executed.
 
     ## Arguments
-    ``TradingEnv(data: MarketData, config: EnvConfig | None = None)``.
+    ``TradingEnv(data: MarketData, config: EnvConfig | None = None)``. The config is read once, in
+    ``__init__`` (changing ``env.config`` afterwards has no effect: build a new env).
     """
 
     metadata = {"render_modes": []}
@@ -183,7 +173,12 @@ class TradingEnv(gym.Env):
         # Python lists make scalar access in step() cheap; arrays are kept for vectorised users.
         self._open, self._high, self._low, self._close = (data.open.tolist(), data.high.tolist(),
                                                            data.low.tolist(), data.close.tolist())
-        self._flat = np.clip(data.features, -OBS_BOUND, OBS_BOUND).astype(np.float32).ravel()
+        f = self.n_features
+        # The flat features plus N_PRIVATE padding cells: one slice copy of window * n_features + N_PRIVATE
+        # cells makes an observation whose last N_PRIVATE cells are then overwritten with the private state.
+        self._flat_pad = np.zeros(n * f + N_PRIVATE, dtype=np.float32)
+        self._flat_pad[: n * f] = np.clip(data.features, -OBS_BOUND, OBS_BOUND).astype(np.float32).ravel()
+        self._flat = self._flat_pad[: n * f]
         self.vol = data.past_volatility(config.vol_window)
         self._vol = self.vol.tolist()
         session_last = data.session_last()
@@ -192,19 +187,38 @@ class TradingEnv(gym.Env):
             self.force_flat[:-1] = session_last[1:]  # the next bar closes its session
         self._force_flat = self.force_flat.tolist()
         self.future_vol = self._future_vol(config.vol_horizon) if config.vol_horizon > 0 else None
+        self._future_vol_list = None if self.future_vol is None else self.future_vol.tolist()
         self._slip = config.slip_perc
+        self._slip_up, self._slip_down = 1 + self._slip, 1 - self._slip
         self._lev = config.margin_leverage
         self._first = self.window - 1
+        # Settings the hot path reads, looked up once.
+        self._wf = self.window * f
+        self._max_position = config.max_position
+        self._initial = config.initial_cash
+        self._band = config.rebalance_band
+        self._rate, self._min_fee = config.commission_rate, config.commission_min
+        self._ruin_level = config.ruin_fraction * config.initial_cash
+        self._reward_code = _REWARD_CODES[config.reward]
+        self._hindsight = config.hindsight_weight > 0.0
+        self._mode = ("discrete", "multidiscrete", "box").index(config.action_mode)
+        # step() runs the fused numpy engine unless a subclass brings its own broker (BacktraderEnv).
+        cls = type(self)
+        self._fused = (cls._advance is TradingEnv._advance and cls._mark is TradingEnv._mark
+                       and cls.decide_order is TradingEnv.decide_order and cls._obs is TradingEnv._obs)
 
         self._obs_dim = obs_dim = self.window * self.n_features + N_PRIVATE
         self.observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, (obs_dim,), np.float32)
         if config.action_mode == "discrete":
             lo = -1.0 if config.allow_short else 0.0
             self.levels = np.linspace(lo, 1.0, config.position_levels).tolist()
+            self._levels = self.levels
             self.action_space = spaces.Discrete(config.position_levels)
         elif config.action_mode == "multidiscrete":
             self.action_space = spaces.MultiDiscrete([len(config.price_offsets), len(config.quantity_levels)])
+            self._levels = None
         else:
+            self._levels = None
             self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
         self._offsets = list(config.price_offsets)
         self._quantities = list(config.quantity_levels)
@@ -245,26 +259,48 @@ class TradingEnv(gym.Env):
         return t0, t_end
 
     def _obs(self) -> np.ndarray:
-        t, f, eq = self.t, self.n_features, self.equity
+        t, eq, units = self.t, self.equity, self.units
         close = self._close[t]
         if eq > 0:
-            position, cash = self.units * close / (self.config.max_position * eq), self.cash / eq
+            position, cash = units * close / (self._max_position * eq), self.cash / eq
         else:
             position = cash = 0.0
-        unrealised = self.units * (close - self.avg_price) / self.config.initial_cash
+        unrealised = units * (close - self.avg_price) / self._initial
+        return self._make_obs(t, position, unrealised, cash)
+
+    def _make_obs(self, t: int, position: float, unrealised: float, cash: float) -> np.ndarray:
+        """The observation at bar ``t``: one slice copy of the window (plus N_PRIVATE padding cells that
+        are overwritten) and the private state, each clipped to [-OBS_BOUND, OBS_BOUND]."""
         b = OBS_BOUND
-        obs = np.empty(self._obs_dim, dtype=np.float32)
-        obs[:-N_PRIVATE] = self._flat[(t - self.window + 1) * f:(t + 1) * f]
-        obs[-N_PRIVATE:] = (min(max(position, -b), b), min(max(unrealised, -b), b), min(max(cash, -b), b),
-                            (self.t_end - t) / (self.t_end - self.t0))
+        if position > b:
+            position = b
+        elif position < -b:
+            position = -b
+        if unrealised > b:
+            unrealised = b
+        elif unrealised < -b:
+            unrealised = -b
+        if cash > b:
+            cash = b
+        elif cash < -b:
+            cash = -b
+        wf = self._wf
+        start = (t + 1) * self.n_features - wf
+        obs = self._flat_pad[start:start + wf + N_PRIVATE].copy()
+        cells = memoryview(obs)  # float32 item stores, the same rounding as numpy's float64 -> float32 cast
+        cells[wf] = position
+        cells[wf + 1] = unrealised
+        cells[wf + 2] = cash
+        t_end = self.t_end
+        cells[wf + 3] = (t_end - t) / (t_end - self.t0)
         return obs
 
     def _info(self) -> dict[str, Any]:
         """The info of reset(): the step info keys with nothing traded yet."""
         info = {"equity": self.equity, "position": self.units, "pnl": 0.0, "cost": 0.0, "commission": 0.0,
                 "fill_price": 0.0, "fill_qty": 0.0, "filled": False, "reward_hindsight": 0.0}
-        if self.future_vol is not None:
-            info["future_vol"] = float(self.future_vol[self.t])
+        if self._future_vol_list is not None:
+            info["future_vol"] = self._future_vol_list[self.t]
         return info
 
     # --- order decision (shared by every engine) -------------------------------------------------------
@@ -272,20 +308,21 @@ class TradingEnv(gym.Env):
     def decide_order(self, action: Any) -> tuple[float, float]:
         """Translate an action at bar ``self.t`` into ``(signed units, limit price)``; limit nan = market,
         units 0 = no order."""
-        c, t = self.config, self.t
+        t = self.t
         close, eq, units = self._close[t], self.equity, self.units
         if self._force_flat[t]:
-            return -units if units else 0.0, math.nan
-        lim = c.max_position * eq / close if eq > 0 else 0.0
-        mode = c.action_mode
-        if mode == "multidiscrete":
-            i_off, i_q = (int(a) for a in np.asarray(action).reshape(-1)[:2])
+            return -units if units else 0.0, _NAN
+        lim = self._max_position * eq / close if eq > 0 else 0.0
+        mode = self._mode
+        if mode == 1:  # multidiscrete
+            values = (action if type(action) is np.ndarray else np.asarray(action)).reshape(-1)[:2].tolist()
+            i_off, i_q = (int(a) for a in values)
             q = self._quantities[i_q]
             if q == 0.0 or lim <= 0.0:
-                return 0.0, math.nan
+                return 0.0, _NAN
             qty = q * lim
             new = units + qty
-            low = -lim if c.allow_short else 0.0
+            low = -lim if self.config.allow_short else 0.0
             if new > lim:
                 new = lim
             elif new < low:
@@ -293,22 +330,27 @@ class TradingEnv(gym.Env):
             if abs(new) <= 1e-12 * lim:
                 new = 0.0
             if (new - units > 0) != (qty > 0) or new == units:
-                return 0.0, math.nan
+                return 0.0, _NAN
             qty = -units if new == 0.0 else new - units
             limit = close * (1.0 + self._offsets[i_off] * self._vol[t])
-            return qty, max(limit, 1e-9 * close)
-        if mode == "discrete":
-            index = int(action) if isinstance(action, (int, np.integer)) else int(np.asarray(action).reshape(-1)[0])
-            target = self.levels[index]
-        else:
-            a = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
-            target = a if c.allow_short else (a + 1.0) / 2.0
+            floor = 1e-9 * close
+            return qty, floor if floor > limit else limit  # max(limit, floor), nan kept like max()
+        if mode == 0:  # discrete
+            index = int(action) if isinstance(action, _INTS) else int(np.asarray(action).reshape(-1)[0])
+            target = self._levels[index]
+        else:  # box
+            a = float((action if type(action) is np.ndarray else np.asarray(action, dtype=np.float64)).flat[0])
+            if a < -1.0:
+                a = -1.0
+            elif a > 1.0:
+                a = 1.0
+            target = a if self.config.allow_short else (a + 1.0) / 2.0
         if target == 0.0:
-            return -units if units else 0.0, math.nan
+            return -units if units else 0.0, _NAN
         current = units / lim if lim > 0 else 0.0
-        if abs(target - current) <= c.rebalance_band:
-            return 0.0, math.nan
-        return target * lim - units, math.nan
+        if abs(target - current) <= self._band:
+            return 0.0, _NAN
+        return target * lim - units, _NAN
 
     # --- execution (the fast engine; BacktraderEnv overrides _advance) ---------------------------------
 
@@ -333,10 +375,21 @@ class TradingEnv(gym.Env):
         return executed, (price if executed else 0.0), commission, abs(executed) * abs(price - reference)
 
     def _execute(self, qty: float, price: float) -> tuple[float, float]:
+        """Execute ``qty`` units at ``price`` on the account: split into the part that closes and the part
+        that opens (as split_order), the cash rule, then the new size and average entry price. Returns
+        (executed units, commission)."""
         size, avg = self.units, self.avg_price
-        opened, closed = split_order(size, qty)
+        new = size + qty
+        if not new:
+            opened, closed = 0.0, qty
+        elif not size or (size > 0) == (qty > 0):
+            opened, closed = qty, 0.0
+        elif (new > 0) == (size > 0):
+            opened, closed = 0.0, qty
+        else:
+            opened, closed = new, -size
         cash, commission = self.cash, 0.0
-        rate, minimum = self.config.commission_rate, self.config.commission_min
+        rate, minimum = self._rate, self._min_fee
         if closed:
             closed_value = -closed * avg
             close_cash = closed_value / self._lev if closed_value > 0 else closed_value
@@ -361,7 +414,15 @@ class TradingEnv(gym.Env):
         executed = closed + opened
         self.cash = cash
         if executed:
-            self.units, self.avg_price = update_position(size, avg, executed, price)
+            new = size + executed
+            if not new:
+                self.units, self.avg_price = 0.0, 0.0
+            elif not size:
+                self.units, self.avg_price = new, price
+            elif (size > 0) == (executed > 0):
+                self.units, self.avg_price = new, (avg * size + executed * price) / new
+            else:
+                self.units, self.avg_price = new, (avg if (new > 0) == (size > 0) else price)
         return executed, commission
 
     def _mark(self) -> float:
@@ -382,6 +443,128 @@ class TradingEnv(gym.Env):
         """Hook for engines with their own broker (BacktraderEnv)."""
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if not self._fused:
+            return self._step_engine(action)
+        # The numpy engine, fused: decide_order + _advance + _mark + reward + _obs in one frame, with the
+        # same arithmetic in the same order (the results are bit for bit those of _step_engine).
+        t = self.t
+        t_end = self.t_end
+        if t >= t_end:
+            raise RuntimeError("step() called after the episode ended; call reset()")
+        units, before = self.units, self.equity
+        closes = self._close
+        close = closes[t]
+        limit = _NAN
+        if self._force_flat[t]:
+            qty = -units if units else 0.0
+        elif self._mode == 0:  # discrete: decide_order inlined
+            lim = self._max_position * before / close if before > 0 else 0.0
+            try:  # ints and numpy integers index the list directly (as int(action) would)
+                target = self._levels[action]
+            except TypeError:
+                target = self._levels[int(np.asarray(action).reshape(-1)[0])]
+            if target == 0.0:
+                qty = -units if units else 0.0
+            else:
+                current = units / lim if lim > 0 else 0.0
+                qty = 0.0 if abs(target - current) <= self._band else target * lim - units
+        else:
+            qty, limit = self.decide_order(action)
+        t1 = t + 1
+        self.t = t1
+        executed = price = commission = slip_cost = 0.0
+        if qty:
+            o = self._open[t1]
+            if limit != limit:  # market order: market_fill_price inlined
+                if not self._slip:
+                    fill = o
+                elif qty > 0:
+                    fill = o * self._slip_up
+                    h = self._high[t1]
+                    if not fill <= h:  # (not <=: a nan fill is capped, as in market_fill_price)
+                        fill = h
+                else:
+                    fill = o * self._slip_down
+                    lo = self._low[t1]
+                    if not fill >= lo:
+                        fill = lo
+                reference = o
+            else:
+                is_buy = qty > 0
+                fill = limit_fill_price(is_buy, limit, o, self._high[t1], self._low[t1], self._slip)
+                reference = o if (limit >= o if is_buy else limit <= o) else fill
+            if fill is not None:
+                executed, commission = self._execute(qty, fill)
+                if executed:
+                    price = fill
+                slip_cost = abs(executed) * abs(fill - reference)
+            units = self.units
+        # mark to market at close[t1] (account_value inlined)
+        cash, avg = self.cash, self.avg_price
+        mark = closes[t1]
+        value = units * mark
+        if value > 0:
+            unrealised = units * (mark - avg)
+            equity = cash + ((value - unrealised) / self._lev + unrealised)
+        else:
+            equity = cash + value
+        self.equity = equity
+        pnl = equity - before
+        initial = self._initial
+        kind = self._reward_code
+        if kind == 0:
+            reward = pnl / initial
+        elif kind == 1:
+            reward = math.log(max(equity, 1e-9 * initial) / before) if before > 0 else -1.0
+        else:
+            ret = equity / before - 1.0 if before > 0 else -1.0
+            dd0 = 1.0 - before / self.peak
+            self.peak = max(self.peak, equity)
+            reward = ret - self.config.risk_aversion * max(0.0, (1.0 - equity / self.peak) - dd0)
+        bonus = 0.0
+        if self._hindsight and units:
+            c = self.config
+            ahead = closes[min(t + c.hindsight_horizon, self.n_bars - 1)]
+            bonus = c.hindsight_weight * (ahead - close) * units / initial
+            reward += bonus
+        terminated = equity <= self._ruin_level
+        info = {"equity": equity, "position": units, "pnl": pnl, "cost": commission + slip_cost,
+                "commission": commission, "fill_price": price, "fill_qty": executed, "filled": executed != 0.0,
+                "reward_hindsight": bonus}
+        if self._future_vol_list is not None:
+            info["future_vol"] = self._future_vol_list[t]
+        # the observation (_obs and _make_obs inlined: keep the three in step)
+        if equity > 0:
+            position, cash = units * mark / (self._max_position * equity), cash / equity
+        else:
+            position = cash = 0.0
+        unrealised = units * (mark - avg) / initial
+        b = OBS_BOUND
+        if position > b:
+            position = b
+        elif position < -b:
+            position = -b
+        if unrealised > b:
+            unrealised = b
+        elif unrealised < -b:
+            unrealised = -b
+        if cash > b:
+            cash = b
+        elif cash < -b:
+            cash = -b
+        wf = self._wf
+        start = (t1 + 1) * self.n_features - wf
+        obs = self._flat_pad[start:start + wf + N_PRIVATE].copy()
+        cells = memoryview(obs)
+        cells[wf] = position
+        cells[wf + 1] = unrealised
+        cells[wf + 2] = cash
+        cells[wf + 3] = (t_end - t1) / (t_end - self.t0)
+        return obs, reward, terminated, t1 >= t_end and not terminated, info
+
+    def _step_engine(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """step() through the engine hooks (decide_order, _advance, _mark, _obs): engines with their own
+        broker (BacktraderEnv) run this."""
         c, t = self.config, self.t
         if t >= self.t_end:
             raise RuntimeError("step() called after the episode ended; call reset()")
@@ -410,6 +593,6 @@ class TradingEnv(gym.Env):
         info = {"equity": equity, "position": self.units, "pnl": pnl, "cost": commission + slip_cost,
                 "commission": commission, "fill_price": price, "fill_qty": executed, "filled": executed != 0.0,
                 "reward_hindsight": bonus}
-        if self.future_vol is not None:
-            info["future_vol"] = float(self.future_vol[t])
+        if self._future_vol_list is not None:
+            info["future_vol"] = self._future_vol_list[t]
         return self._obs(), reward, terminated, truncated, info
