@@ -136,6 +136,8 @@ class DeepScalper:
         self._pending: deque[tuple[np.ndarray, np.ndarray, float, float]] = deque()
         self._episode = {"reward": 0.0, "pnl": 0.0, "length": 0}
         self._warned_no_vol = False
+        self._act_input: torch.Tensor | None = None
+        self._batch_views: tuple[np.ndarray, dict[str, torch.Tensor]] | None = None
         self._stats: dict[str, list[float]] = {k: [] for k in ("td", "aux", "q", "ep_reward", "ep_pnl", "ep_len")}
 
     def set_env(self, env: Any) -> None:
@@ -158,13 +160,28 @@ class DeepScalper:
 
     # --- acting -------------------------------------------------------------------------------------
 
+    def _q(self, obs: torch.Tensor) -> torch.Tensor:
+        """Q values (branches, B, n) of the online net, without a graph (the fused path for mingru)."""
+        if self.q_net.fused:
+            return self.q_net.forward_fused(obs)[0]
+        with torch.inference_mode():
+            return self.q_net(obs)
+
     def _greedy(self, obs: np.ndarray) -> np.ndarray:
         """Greedy sub-action per branch for a batch (B, obs_dim) -> (B, len(nvec))."""
-        with torch.inference_mode():
-            q = self.q_net(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
-            best = q.argmax(dim=2).T.cpu().numpy()
+        best = self._q(torch.as_tensor(obs, dtype=torch.float32, device=self.device)).argmax(dim=2).T.cpu().numpy()
         if self.config.single_branch:
             return np.stack(np.unravel_index(best[:, 0], self.nvec), axis=1).astype(np.int64)
+        return best.astype(np.int64)
+
+    def _act_greedy(self, obs: np.ndarray) -> np.ndarray:
+        """``_greedy`` for ONE observation while training: copied into a reused input tensor."""
+        if self._act_input is None:
+            self._act_input = torch.zeros(1, self.spaces["obs_dim"])
+        self._act_input.numpy()[0] = obs
+        best = self._q(self._act_input)[:, 0].argmax(dim=1).numpy()
+        if self.config.single_branch:
+            return np.array(np.unravel_index(int(best[0]), self.nvec), dtype=np.int64)
         return best.astype(np.int64)
 
     def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None,
@@ -242,25 +259,35 @@ class DeepScalper:
 
     def _train_step(self) -> None:
         """One gradient update: per-branch TD targets from the target net, loss averaged over branches,
-        importance-weighted; plus eta * MSE of the volatility head on transitions with a future-vol target."""
+        importance-weighted; plus eta * MSE of the volatility head on transitions with a future-vol target.
+
+        With the mingru encoder the networks run their fused path (``forward_fused``/``backward_fused``: the
+        same function and gradients, without an autograd graph); otherwise autograd differentiates the loss.
+        """
         cfg = self.config
+        net = self.q_net
         batch = self.replay_buffer.sample(cfg.batch_size, self._rng, self._beta())
-        obs = torch.from_numpy(batch.obs)
-        next_obs = torch.from_numpy(batch.next_obs)
+        if self._batch_views is None or self._batch_views[0] is not batch.obs:  # the buffer reuses its arrays
+            self._batch_views = (batch.obs, {name: torch.from_numpy(getattr(batch, name)) for name in
+                                             ("obs", "next_obs", "returns", "discounts", "weights")})
+        t = self._batch_views[1]
         if cfg.single_branch:
-            branch_actions = np.ravel_multi_index(tuple(batch.actions.T), self.nvec)[None, :, None]
+            actions = torch.from_numpy(np.ravel_multi_index(tuple(batch.actions.T), self.nvec)[None, :, None])
         else:
-            branch_actions = np.ascontiguousarray(batch.actions.T)[:, :, None]
-        actions = torch.from_numpy(branch_actions)  # (branches, B, 1)
+            actions = torch.from_numpy(batch.actions).T[:, :, None]  # (branches, B, 1)
         with torch.no_grad():  # y_d = R + gamma^k * max_a Q_target_d(s', a), one target per branch
-            next_max = self.q_target(next_obs).max(dim=2).values
-            targets = torch.from_numpy(batch.returns) + torch.from_numpy(batch.discounts) * next_max
-        q, vol_pred = self.q_net.heads(self.q_net.embed(obs))
+            next_q = self.q_target.forward_fused(t["next_obs"])[0] if net.fused else self.q_target(t["next_obs"])
+            targets = torch.addcmul(t["returns"], t["discounts"], next_q.max(dim=2).values)
+        if net.fused:
+            q, vol_pred, cache = net.forward_fused(t["obs"], keep=True)
+        else:
+            (q, vol_pred), cache = net.heads(net.embed(t["obs"])), None
         q_taken = q.gather(2, actions).squeeze(2)  # (branches, B)
         td = targets - q_taken
-        loss_td = (torch.from_numpy(batch.weights) * td.pow(2)).mean()  # mean over branches and batch
+        loss_td = (t["weights"] * td.pow(2)).mean()  # mean over branches and batch
         loss = loss_td
         loss_aux = float("nan")
+        d_vol = None
         if cfg.use_aux and cfg.aux_weight > 0:
             valid = np.isfinite(batch.vol_targets)
             n_valid = int(valid.sum())
@@ -273,9 +300,14 @@ class DeepScalper:
                 aux = err.pow(2).sum() / n_valid
                 loss = loss + cfg.aux_weight * aux
                 loss_aux = float(aux.detach())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self._online_params, cfg.max_grad_norm, foreach=True)
+                if cache is not None:
+                    d_vol = err * (2.0 * cfg.aux_weight / n_valid)
+        if cache is None:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        else:  # d loss / d q_taken = -2 w td / (branches * B)
+            net.backward_fused(cache, actions, td * t["weights"] * (-2.0 / td.numel()), d_vol)
+        self._clip_gradients()
         self.optimizer.step()
         td_abs = td.detach().abs().mean(dim=0).numpy()
         self.replay_buffer.update_priorities(batch.indices, td_abs)
@@ -285,6 +317,13 @@ class DeepScalper:
         self._stats["td"].append(float(loss_td.detach()))
         self._stats["aux"].append(loss_aux)
         self._stats["q"].append(float(q_taken.detach().mean()))
+
+    def _clip_gradients(self) -> None:
+        """Scale the gradients so that their global L2 norm is at most ``max_grad_norm`` (as torch's
+        clip_grad_norm_, in four foreach ops)."""
+        grads = [p.grad for p in self._online_params]
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        torch._foreach_mul_(grads, torch.clamp(self.config.max_grad_norm / (total + 1e-6), max=1.0))
 
     def _update_target(self) -> None:
         """Hard copy (tau = 1) or Polyak averaging target <- target + tau * (online - target)."""
@@ -343,7 +382,7 @@ class DeepScalper:
                 if self._rng.random() < self.exploration_rate:
                     action = self._rng.integers(0, nvec)
                 else:
-                    action = self._greedy(obs[None])[0]
+                    action = self._act_greedy(obs)
                 next_obs, reward, terminated, truncated, info = env.step(action)
                 next_obs = np.asarray(next_obs, dtype=np.float32)
                 self.num_timesteps += 1

@@ -20,6 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _relu_grad(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """Gradient through a ReLU given its output: ``grad * (output > 0)`` in one op."""
+    return torch.ops.aten.threshold_backward(grad, output, 0.0)
+
+
 class MinGRU(nn.Module):
     """A GRU whose update gate and candidate depend on the current input only (Feng et al. 2024).
 
@@ -74,6 +79,9 @@ class DeepScalperNet(nn.Module):
             self.micro = nn.LSTM(micro_in, h, batch_first=True)
         elif rnn == "mingru":
             self.micro = MinGRU(micro_in, h, self.micro_window)
+            # upper[t, s] = 1 when s >= t (the fused path's suffix sums)
+            self.register_buffer("upper", torch.triu(torch.ones(self.micro_window, self.micro_window)),
+                                 persistent=False)
         else:
             raise ValueError(f"unknown rnn {rnn!r}; use gru, lstm or mingru")
         n_heads, n_max = 1 + len(self.branch_sizes), max(self.branch_sizes)
@@ -110,12 +118,16 @@ class DeepScalperNet(nn.Module):
         vol = z[:, -1]
         hidden = F.relu(z[:, :-1]).view(z.shape[0], -1, self.hidden_size).transpose(0, 1)
         out = torch.baddbmm(self.heads_out_bias, hidden, self.heads_out_weight)  # (1 + D, B, n_max)
+        return self._aggregate(out), vol
+
+    def _aggregate(self, out: torch.Tensor) -> torch.Tensor:
+        """Dueling aggregation of the head outputs (1 + D, B, n_max): V is out[0, :, 0], A_d is out[1 + d]."""
         value, adv = out[:1, :, :1], out[1:]
         if self.padded:
             adv = adv * self.valid
             q = value + adv - adv.sum(-1, keepdim=True) / self.counts
-            return q + (self.valid - 1.0) * 1e9, vol
-        return value + adv - adv.mean(-1, keepdim=True), vol
+            return q + (self.valid - 1.0) * 1e9
+        return value + adv - adv.mean(-1, keepdim=True)
 
     def q_values(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.heads(embedding)[0]
@@ -125,3 +137,104 @@ class DeepScalperNet(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.q_values(self.embed(obs))
+
+    # --- fused mingru path: the same function with hand-written gradients (no autograd graph) -----------
+
+    @property
+    def fused(self) -> bool:
+        """True when ``forward_fused``/``backward_fused`` apply (the mingru encoder)."""
+        return self.rnn_kind == "mingru"
+
+    @torch.no_grad()
+    def forward_fused(self, obs: torch.Tensor, keep: bool = False) -> tuple[torch.Tensor, torch.Tensor, dict | None]:
+        """(Q, vol, cache) exactly as ``heads(embed(obs))`` for the mingru encoder, computed without recording
+        an autograd graph; ``keep`` returns the intermediates ``backward_fused`` needs.
+
+        Cheaper but equal formulations: the micro input projection splits into a per-bar part (one matmul
+        over the micro window's bars) and the private-state part (once per observation, broadcast over the
+        steps); the log weights are ``log w_t = g_t - sum_{s >= t} softplus(g_s)`` (one triangular matmul).
+        """
+        h, nf = self.hidden_size, self.n_features
+        n_market = self.window * nf
+        features = obs[:, :n_market]
+        private = obs[:, n_market:n_market + self.n_private]
+        m0, _, m2, _ = self.macro
+        a1 = F.linear(features, m0.weight, m0.bias)
+        r1 = torch.relu(a1)
+        macro = torch.relu(F.linear(r1, m2.weight, m2.bias))
+        bars = features[:, n_market - self.micro_window * nf:].reshape(-1, self.micro_window, nf)
+        w_proj = self.micro.proj.weight
+        proj = torch.matmul(bars, w_proj[:, :nf].t()) + F.linear(private, w_proj[:, nf:], self.micro.proj.bias)[:, None]
+        gates, cand = proj[..., :h], proj[..., h:]
+        weight = torch.exp(gates - torch.matmul(self.upper, F.softplus(gates)))  # z_t * prod_{s>t} (1 - z_s)
+        micro = (weight * cand).sum(1)
+        emb = torch.cat([macro, micro], dim=1)
+        z = F.linear(emb, self.heads_in.weight, self.heads_in.bias)
+        hidden = torch.relu(z[:, :-1]).view(z.shape[0], -1, h).transpose(0, 1)
+        out = torch.baddbmm(self.heads_out_bias, hidden, self.heads_out_weight)
+        q = self._aggregate(out)
+        cache = None
+        if keep:
+            cache = {"features": features, "private": private, "r1": r1, "macro": macro, "bars": bars,
+                     "gates": gates, "cand": cand, "weight": weight, "emb": emb, "hidden": hidden}
+        return q, z[:, -1], cache
+
+    @torch.no_grad()
+    def backward_fused(self, cache: dict, actions: torch.Tensor, d_q_taken: torch.Tensor,
+                       d_vol: torch.Tensor | None) -> None:
+        """Set ``.grad`` of every parameter to the gradient of a loss whose derivatives are ``d_q_taken``
+        (branches, B) at Q[d, b, actions[d, b]] and ``d_vol`` (B,) at the volatility output (None = 0).
+
+        Hand-derived chain rule of ``forward_fused``; tests compare it with autograd on the module path.
+        """
+        c, h = cache, self.hidden_size
+        n_batch, n_max = d_q_taken.shape[1], max(self.branch_sizes)
+        # Q_d = V + A_d - mean_a A_d: dV = sum_d dQ_d, dA_d = onehot(a) dq - dq / n_d (valid entries only)
+        d_out = torch.zeros(1 + len(self.branch_sizes), n_batch, n_max, dtype=d_q_taken.dtype)
+        d_adv = d_out[1:]
+        d_adv.scatter_(2, actions, d_q_taken[..., None])
+        if self.padded:
+            d_adv -= (d_q_taken[..., None] / self.counts) * self.valid
+        else:
+            d_adv -= d_q_taken[..., None] / n_max
+        d_out[0, :, 0] = d_q_taken.sum(0)
+        hidden = c["hidden"]
+        g_out_w = torch.bmm(hidden.transpose(1, 2), d_out)
+        g_out_b = d_out.sum(1, keepdim=True)
+        d_hidden = torch.bmm(d_out, self.heads_out_weight.transpose(1, 2)).transpose(0, 1)  # (B, heads, h)
+        d_z = torch.empty(n_batch, self.heads_in.out_features, dtype=d_q_taken.dtype)
+        d_z[:, :-1].view(n_batch, -1, h).copy_(_relu_grad(d_hidden, hidden.transpose(0, 1)))
+        if d_vol is None:
+            d_z[:, -1] = 0.0
+        else:
+            d_z[:, -1] = d_vol
+        g_in_w = d_z.t() @ c["emb"]
+        g_in_b = d_z.sum(0)
+        d_emb = d_z @ self.heads_in.weight
+        # macro MLP
+        m0, _, m2, _ = self.macro
+        r1 = c["r1"]
+        d_a2 = _relu_grad(d_emb[:, :h], c["macro"])
+        g_m2_w, g_m2_b = d_a2.t() @ r1, d_a2.sum(0)
+        d_a1 = _relu_grad(d_a2 @ m2.weight, r1)
+        g_m0_w, g_m0_b = d_a1.t() @ c["features"], d_a1.sum(0)
+        # micro: micro = sum_t w_t c_t, log w_t = g_t - sum_{s>=t} softplus(g_s)
+        # => d c_t = dm w_t; with e_t = dm w_t c_t: d g_u = e_u - sigmoid(g_u) sum_{t<=u} e_t
+        weight = c["weight"]
+        d_proj = torch.empty(weight.shape[0], weight.shape[1], 2 * h, dtype=weight.dtype)
+        d_cand = torch.mul(d_emb[:, None, h:], weight, out=d_proj[..., h:])
+        e = d_cand * c["cand"]
+        torch.sub(e, torch.sigmoid(c["gates"]) * e.cumsum(1), out=d_proj[..., :h])
+        bars = c["bars"]
+        g_bar_w = d_proj.reshape(-1, 2 * h).t() @ bars.reshape(-1, bars.shape[2])
+        d_proj_sum = d_proj.sum(1)
+        g_proj_w = torch.cat([g_bar_w, d_proj_sum.t() @ c["private"]], dim=1)
+        grads = (g_m0_w, g_m0_b, g_m2_w, g_m2_b, g_proj_w, d_proj_sum.sum(0), g_in_w, g_in_b, g_out_w, g_out_b)
+        for p, g in zip(self._fused_params, grads):
+            p.grad = g
+
+    @property
+    def _fused_params(self) -> list[nn.Parameter]:
+        m0, _, m2, _ = self.macro
+        return [m0.weight, m0.bias, m2.weight, m2.bias, self.micro.proj.weight, self.micro.proj.bias,
+                self.heads_in.weight, self.heads_in.bias, self.heads_out_weight, self.heads_out_bias]

@@ -104,6 +104,7 @@ class ReplayBuffer:
         self.vol_targets = np.full(capacity, np.nan, dtype=np.float32)
         self.pos = 0
         self.size = 0
+        self._out: Batch | None = None
 
     def __len__(self) -> int:
         return self.size
@@ -122,8 +123,20 @@ class ReplayBuffer:
         return i
 
     def _gather(self, idx: np.ndarray, weights: np.ndarray) -> Batch:
-        return Batch(self.obs[idx], self.actions[idx], self.returns[idx], self.next_obs[idx], self.discounts[idx],
-                     self.vol_targets[idx], idx, weights)
+        """The transitions at ``idx``, copied into arrays reused by every batch of this size (a returned
+        Batch is valid until the next ``sample``: consumers such as the agent keep torch views of them)."""
+        out = self._out
+        if out is None or len(out.returns) != len(idx):
+            n = len(idx)
+            out = self._out = Batch(np.empty((n, self.obs.shape[1]), np.float32),
+                                    np.empty((n, self.actions.shape[1]), np.int64), np.empty(n, np.float32),
+                                    np.empty((n, self.obs.shape[1]), np.float32), np.empty(n, np.float32),
+                                    np.empty(n, np.float32), idx, np.empty(n, np.float32))
+        for name in ("obs", "actions", "returns", "next_obs", "discounts", "vol_targets"):
+            np.take(getattr(self, name), idx, axis=0, out=getattr(out, name))
+        out.indices = idx
+        out.weights[:] = weights
+        return out
 
     def sample(self, batch_size: int, rng: np.random.Generator, beta: float = 1.0) -> Batch:
         idx = rng.integers(0, self.size, size=batch_size)

@@ -146,6 +146,27 @@ def test_mingru_equals_its_recurrence():
     torch.testing.assert_close(cell(x), h)
 
 
+@pytest.mark.parametrize("branches", [[3, 5], [4, 4], [9]])
+def test_fused_mingru_path_matches_autograd(branches):
+    """forward_fused/backward_fused (used for training) give the module's Q, vol and autograd's gradients."""
+    torch.manual_seed(0)
+    net = DeepScalperNet(window=6, n_features=3, n_private=4, branch_sizes=branches, hidden_size=8, rnn="mingru",
+                         micro_window=4).double()
+    obs = torch.randn(7, 6 * 3 + 4, dtype=torch.float64)
+    actions = torch.stack([torch.randint(0, n, (7,)) for n in branches])[:, :, None]
+    d_q, d_vol = torch.randn(len(branches), 7, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
+    q, vol = net.heads(net.embed(obs))
+    ((q.gather(2, actions).squeeze(2) * d_q).sum() + (vol * d_vol).sum()).backward()
+    expected = {name: p.grad.clone() for name, p in net.named_parameters()}
+    q_fused, vol_fused, cache = net.forward_fused(obs, keep=True)
+    torch.testing.assert_close(q_fused, q.detach())
+    torch.testing.assert_close(vol_fused, vol.detach())
+    net.zero_grad(set_to_none=True)
+    net.backward_fused(cache, actions, d_q, d_vol)
+    for name, p in net.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], msg=name)
+
+
 # --- agent ---------------------------------------------------------------------------------------
 
 def test_rejects_env_in_the_wrong_action_mode():
