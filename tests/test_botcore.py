@@ -101,3 +101,9 @@ def test_run_guarded_maps_errors_to_exit_codes(caplog):
         assert run_guarded(lambda: 0) == 0
     assert "bad input; fix it" in caplog.text
     assert "Traceback" in caplog.text  # the unexpected failure leaves its traceback in the log
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    target = tmp_path / "report.json"
+    atomic.atomic_write_json(target, {})
+    assert target.stat().st_mode & 0o777 == 0o666 & ~atomic._UMASK
