@@ -39,6 +39,9 @@ def setup_logging(script: str, quiet: bool = False, verbose: bool = False) -> Pa
     console.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     console._botcore = True  # type: ignore[attr-defined]
+    # yfinance logs its own failures ("possibly delisted") at ERROR; our one-line message says what happened
+    # and how to fix it, so yfinance's lines go to the log file only.
+    console.addFilter(lambda record: not record.name.startswith("yfinance"))
     root.addHandler(file_handler)
     root.addHandler(console)
     for noisy in ("matplotlib", "PIL", "urllib3", "yfinance", "peewee", "optuna", "filelock"):
