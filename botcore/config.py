@@ -90,6 +90,7 @@ DEFAULTS: dict[str, Any] = {
         "reward": "equity",  # equity | log_return | risk_adjusted
         "episode_length": 256,  # training episodes; evaluation runs the whole split
         "close_at_session_end": True,  # intraday data
+        "session_episodes": True,  # intraday training: an episode is one session (evaluation: the whole split)
     },
     "deepscalper": {
         "hidden_size": 64,

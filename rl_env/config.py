@@ -54,6 +54,9 @@ class EnvConfig:
     """Bars of future log returns in info["future_vol"] (0 = not reported)."""
     random_start: bool = True
     """Training: start episodes at random bars drawn from np_random; False = start at the first decision bar."""
+    session_episodes: bool = True
+    """Intraday training (random_start): an episode is one trading session, from a random session's first
+    decision bar to its last bar (episode_length caps it). Evaluation always runs the whole split."""
     vol_window: int = 20
     """Bars of past returns in the volatility that scales limit offsets."""
     margin_leverage: float = 2.0
@@ -138,6 +141,7 @@ class EnvConfig:
             quantity_levels=tuple(env["quantity_levels"]), reward=env["reward"],
             episode_length=int(env["episode_length"]) if env.get("episode_length") else None,
             close_at_session_end=bool(env["close_at_session_end"]),
+            session_episodes=bool(env.get("session_episodes", True)),
             commission_rate=float(costs["commission_rate"]), commission_min=float(costs["commission_min"]),
             slippage_bps=float(costs["slippage_bps"]), spread_bps=float(costs["spread_bps"]),
             random_start=training,

@@ -98,6 +98,17 @@ class MarketData:
         last[:-1] = days[1:] != days[:-1]
         return last
 
+    def session_spans(self, first: int) -> np.ndarray:
+        """``(k, 2)`` int array of ``[first decision bar, last bar]`` of every session (date) that has at least
+        one step to trade, the first decision bar being the session's first bar but never before ``first``
+        (the first bar with a full observation window)."""
+        last = self.session_last()
+        starts = np.flatnonzero(np.r_[True, last[:-1]])
+        ends = np.flatnonzero(last)
+        starts = np.maximum(starts, first)
+        keep = ends > starts
+        return np.stack([starts[keep], ends[keep]], axis=1).astype(np.int64)
+
     def past_volatility(self, window: int) -> np.ndarray:
         """Per bar t: population std of the simple close-to-close returns of bars max(1, t-window+1)..t.
 

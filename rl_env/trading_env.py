@@ -192,6 +192,11 @@ class TradingEnv(gym.Env):
         self._slip_up, self._slip_down = 1 + self._slip, 1 - self._slip
         self._lev = config.margin_leverage
         self._first = self.window - 1
+        # Intraday training episodes are whole sessions (a day's trading), drawn at random.
+        self._sessions = None
+        if data.intraday and config.session_episodes and config.random_start:
+            spans = data.session_spans(self._first)
+            self._sessions = spans if len(spans) else None
         # Settings the hot path reads, looked up once.
         self._wf = self.window * f
         self._max_position = config.max_position
@@ -251,6 +256,9 @@ class TradingEnv(gym.Env):
             t0 = int(options["start"])
             if not self._first <= t0 < last:
                 raise ValueError(f"start must be in [{self._first}, {last - 1}], got {t0}")
+        elif self._sessions is not None:  # intraday training: one whole session per episode
+            t0, session_end = (int(x) for x in self._sessions[int(self.np_random.integers(len(self._sessions)))])
+            return t0, session_end if c.episode_length is None else min(session_end, t0 + c.episode_length)
         elif c.random_start and c.episode_length is not None and last - self._first > c.episode_length:
             t0 = int(self.np_random.integers(self._first, last - c.episode_length + 1))
         else:

@@ -59,6 +59,7 @@ class TradingVecEnv(VecEnv):
         self._quantities = np.asarray(config.quantity_levels, dtype=np.float64)
         self._rng = np.random.default_rng(seed)
         self._first, self._last = tpl._first, self.n_bars - 1
+        self._sessions = tpl._sessions
         z = np.zeros(n_envs)
         self.t, self.t0, self.t_end = (np.zeros(n_envs, dtype=np.int64) for _ in range(3))
         self.cash, self.units, self.avg_price, self.equity, self.peak = z.copy(), z.copy(), z.copy(), z.copy(), z.copy()
@@ -72,7 +73,11 @@ class TradingVecEnv(VecEnv):
     def _reset_envs(self, idx: np.ndarray, options: Sequence[dict[str, Any]]) -> None:
         c, first, last = self.config, self._first, self._last
         k = len(idx)
-        if c.random_start and c.episode_length is not None and last - first > c.episode_length:
+        t_end = None
+        if self._sessions is not None:  # intraday training: one whole session per episode
+            spans = self._sessions[self._rng.integers(len(self._sessions), size=k)]
+            t0, t_end = spans[:, 0].copy(), spans[:, 1].copy()
+        elif c.random_start and c.episode_length is not None and last - first > c.episode_length:
             t0 = self._rng.integers(first, last - c.episode_length + 1, size=k)
         else:
             t0 = np.full(k, first, dtype=np.int64)
@@ -84,7 +89,12 @@ class TradingVecEnv(VecEnv):
                 t0[j] = start
         self.t[idx] = t0
         self.t0[idx] = t0
-        self.t_end[idx] = last if c.episode_length is None else np.minimum(last, t0 + c.episode_length)
+        if t_end is None:
+            t_end = np.full(k, last, dtype=np.int64)
+        for j, opt in enumerate(options):
+            if opt and "start" in opt:
+                t_end[j] = last  # a forced start runs like a non-session episode
+        self.t_end[idx] = t_end if c.episode_length is None else np.minimum(t_end, t0 + c.episode_length)
         init = float(c.initial_cash)
         self.cash[idx] = init
         self.units[idx] = 0.0
