@@ -205,6 +205,20 @@ def data_command(symbol: str, interval: str) -> str:
     return f"python data_pipeline.py --symbols {symbol} --interval {interval}"
 
 
+def recent_bars(data: Any, lookback_days: int, min_bars: int) -> Any:
+    """The bars of the last ``lookback_days`` calendar days of ``data`` (``training_params.lookback_days``:
+    train on recent history only), but never fewer than ``min_bars`` bars; 0 keeps everything."""
+    if lookback_days <= 0 or data.n_bars <= min_bars:
+        return data
+    cutoff = data.timestamps[-1] - np.timedelta64(lookback_days, "D")
+    start = min(int(np.searchsorted(data.timestamps, cutoff, side="left")), data.n_bars - min_bars)
+    if start > 0:
+        logger.info("%s %s: training on the last %d days of the train split (%s .. %s, %d of %d bars; "
+                    "training_params.lookback_days)", data.symbol, data.interval, lookback_days,
+                    str(data.timestamps[start])[:19], str(data.timestamps[-1])[:19], data.n_bars - start, data.n_bars)
+    return data.slice(start, data.n_bars) if start > 0 else data
+
+
 def check_dataset(symbol: str, interval: str) -> None:
     """Raise DataError naming the data_pipeline.py command when a split or the manifest is missing."""
     needed = [paths.split_path(symbol, interval, s) for s in ("train", "val")] + [paths.manifest_path(symbol, interval)]
@@ -596,6 +610,7 @@ class _Job:
                                                   hindsight=spec.algo == "deepscalper")
         self.eval_config = EnvConfig.from_config(cfg, spec.action_mode, training=False)
         min_bars = self.train_config.window + 2
+        self.train_data = recent_bars(self.train_data, int(cfg["training_params"]["lookback_days"]), min_bars)
         for name, data in (("train", self.train_data), ("val", self.val_data)):
             if data.n_bars < min_bars:
                 raise DataError(f"the {name} split of {spec.symbol} {spec.interval} has {data.n_bars} bars; "
@@ -836,7 +851,10 @@ class _Job:
             "periods_per_year": self.ppy,
             "dataset": {"manifest_hash": m.get("manifest_hash"), "ranges": m.get("ranges"), "source": m.get("source"),
                         "hashes": m.get("hashes"),
-                        "feature_columns": m.get("feature_columns", list(self.train_data.feature_names))},
+                        "feature_columns": m.get("feature_columns", list(self.train_data.feature_names)),
+                        "train_used": {"start": str(self.train_data.timestamps[0]),
+                                       "end": str(self.train_data.timestamps[-1]), "rows": self.train_data.n_bars,
+                                       "lookback_days": spec.cfg["training_params"]["lookback_days"]}},
             "config": spec.cfg, "hyperparameters": self.agent.hyperparameters, "seed": spec.seed,
             "library_versions": library_versions(),
             "training": {"seconds": round(result.seconds, 3), "steps": result.steps,
