@@ -28,7 +28,7 @@ from gymnasium import spaces
 from botcore.atomic import atomic_path, to_jsonable
 from botcore.errors import ModelFileError, UserError
 from deepscalper.config import DeepScalperConfig
-from deepscalper.networks import DeepScalperNet
+from deepscalper.networks import DeepScalperNet, pair_parameters
 from deepscalper.replay import PrioritizedReplayBuffer, ReplayBuffer
 
 logger = logging.getLogger(__name__)
@@ -120,6 +120,9 @@ class DeepScalper:
         self.q_target = DeepScalperNet(*net_args).to(self.device)
         self.q_target.load_state_dict(self.q_net.state_dict())
         self.q_target.requires_grad_(False)
+        # fused path: online and target weights live in stacked tensors ([0] online, [1] target) so that one
+        # batched pass computes Q(obs) and Q_target(next_obs); the target stays a separate, synced copy
+        self._stacks = pair_parameters(self.q_net, self.q_target) if self.q_net.fused else None
         self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=cfg.learning_rate, fused=True)
         self._online_params = list(self.q_net.parameters())
         self._target_params = list(self.q_target.parameters())
@@ -137,6 +140,7 @@ class DeepScalper:
         self._episode = {"reward": 0.0, "pnl": 0.0, "length": 0}
         self._warned_no_vol = False
         self._act_input: torch.Tensor | None = None
+        self._adam_lists: tuple[list[torch.Tensor], ...] | None = None  # set by the first _adam_step
         self._batch_views: tuple[np.ndarray, dict[str, torch.Tensor]] | None = None
         self._stats: dict[str, list[float]] = {k: [] for k in ("td", "aux", "q", "ep_reward", "ep_pnl", "ep_len")}
 
@@ -269,19 +273,21 @@ class DeepScalper:
         batch = self.replay_buffer.sample(cfg.batch_size, self._rng, self._beta())
         if self._batch_views is None or self._batch_views[0] is not batch.obs:  # the buffer reuses its arrays
             self._batch_views = (batch.obs, {name: torch.from_numpy(getattr(batch, name)) for name in
-                                             ("obs", "next_obs", "returns", "discounts", "weights")})
+                                             ("obs", "next_obs", "returns", "discounts", "weights", "obs_pair")})
         t = self._batch_views[1]
         if cfg.single_branch:
             actions = torch.from_numpy(np.ravel_multi_index(tuple(batch.actions.T), self.nvec)[None, :, None])
         else:
             actions = torch.from_numpy(batch.actions).T[:, :, None]  # (branches, B, 1)
-        with torch.no_grad():  # y_d = R + gamma^k * max_a Q_target_d(s', a), one target per branch
-            next_q = self.q_target.forward_fused(t["next_obs"])[0] if net.fused else self.q_target(t["next_obs"])
-            targets = torch.addcmul(t["returns"], t["discounts"], next_q.max(dim=2).values)
-        if net.fused:
-            q, vol_pred, cache = net.forward_fused(t["obs"], keep=True)
+        if net.fused:  # online(obs) and target(next_obs) in one stacked pass; gradients for the online half
+            q_pair, vol_pair, cache = net.forward_pair(self._stacks, t["obs_pair"], keep=True)
+            q, vol_pred, next_q = q_pair[0], vol_pair[0], q_pair[1]
         else:
+            with torch.no_grad():
+                next_q = self.q_target(t["next_obs"])
             (q, vol_pred), cache = net.heads(net.embed(t["obs"])), None
+        with torch.no_grad():  # y_d = R + gamma^k * max_a Q_target_d(s', a), one target per branch
+            targets = torch.addcmul(t["returns"], t["discounts"], next_q.max(dim=2).values)
         q_taken = q.gather(2, actions).squeeze(2)  # (branches, B)
         td = targets - q_taken
         loss_td = (t["weights"] * td.pow(2)).mean()  # mean over branches and batch
@@ -308,7 +314,7 @@ class DeepScalper:
         else:  # d loss / d q_taken = -2 w td / (branches * B)
             net.backward_fused(cache, actions, td * t["weights"] * (-2.0 / td.numel()), d_vol)
         self._clip_gradients()
-        self.optimizer.step()
+        self._adam_step()
         td_abs = td.detach().abs().mean(dim=0).numpy()
         self.replay_buffer.update_priorities(batch.indices, td_abs)
         self.n_updates += 1
@@ -321,9 +327,38 @@ class DeepScalper:
     def _clip_gradients(self) -> None:
         """Scale the gradients so that their global L2 norm is at most ``max_grad_norm`` (as torch's
         clip_grad_norm_, in four foreach ops)."""
+        flat = self.q_net.flat_grad if self.q_net.fused else None
+        if flat is not None:  # the fused path's gradients are views of one flat buffer
+            flat.mul_(torch.clamp(self.config.max_grad_norm / (torch.linalg.vector_norm(flat) + 1e-6), max=1.0))
+            return
         grads = [p.grad for p in self._online_params]
         total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         torch._foreach_mul_(grads, torch.clamp(self.config.max_grad_norm / (total + 1e-6), max=1.0))
+
+    def _adam_step(self) -> None:
+        """``self.optimizer.step()``: the first call goes through torch's Adam (it creates the state); later
+        calls run the same fused Adam kernel directly on lists of the optimizer's own state tensors (so its
+        state_dict stays current), skipping the per-call Python overhead of ``Optimizer.step``."""
+        opt = self.optimizer
+        group = opt.param_groups[0]
+        if self._adam_lists is None:
+            opt.step()
+            if (len(opt.param_groups) == 1 and group["fused"]
+                    and not (group["amsgrad"] or group["maximize"] or group["decoupled_weight_decay"])):
+                states = [opt.state[p] for p in group["params"]]
+                self._adam_lists = (group["params"], [s["exp_avg"] for s in states],
+                                    [s["exp_avg_sq"] for s in states], [s["step"] for s in states])
+            return
+        params, exp_avgs, exp_avg_sqs, steps = self._adam_lists
+        grads = [p.grad for p in params]
+        if any(g is None for g in grads):  # torch's Adam skips such parameters
+            opt.step()
+            return
+        beta1, beta2 = group["betas"]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
+                           lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                           eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
 
     def _update_target(self) -> None:
         """Hard copy (tau = 1) or Polyak averaging target <- target + tau * (online - target)."""
@@ -479,7 +514,9 @@ class DeepScalper:
             "has_buffer": bool(include_buffer and self.replay_buffer is not None),
             "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
         }
-        states = {"policy.pth": self.q_net.state_dict(), "target_policy.pth": self.q_target.state_dict(),
+        # cloned: the fused path's parameters are views of stacked (online, target) tensors
+        states = {"policy.pth": {k: v.clone() for k, v in self.q_net.state_dict().items()},
+                  "target_policy.pth": {k: v.clone() for k, v in self.q_target.state_dict().items()},
                   "optimizer.pth": self.optimizer.state_dict(), "torch_rng.pth": {"cpu": torch.get_rng_state()}}
         with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
             zf.writestr(_META, json.dumps(to_jsonable(meta), indent=1))

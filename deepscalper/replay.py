@@ -21,6 +21,7 @@ class Batch:
     vol_targets: np.ndarray
     indices: np.ndarray
     weights: np.ndarray
+    obs_pair: np.ndarray | None = None  # (2, B, obs_dim): obs_pair[0] is obs, obs_pair[1] is next_obs
 
 
 class SumTree:
@@ -128,10 +129,10 @@ class ReplayBuffer:
         out = self._out
         if out is None or len(out.returns) != len(idx):
             n = len(idx)
-            out = self._out = Batch(np.empty((n, self.obs.shape[1]), np.float32),
-                                    np.empty((n, self.actions.shape[1]), np.int64), np.empty(n, np.float32),
-                                    np.empty((n, self.obs.shape[1]), np.float32), np.empty(n, np.float32),
-                                    np.empty(n, np.float32), idx, np.empty(n, np.float32))
+            pair = np.empty((2, n, self.obs.shape[1]), np.float32)  # obs and next_obs side by side
+            out = self._out = Batch(pair[0], np.empty((n, self.actions.shape[1]), np.int64),
+                                    np.empty(n, np.float32), pair[1], np.empty(n, np.float32),
+                                    np.empty(n, np.float32), idx, np.empty(n, np.float32), pair)
         for name in ("obs", "actions", "returns", "next_obs", "discounts", "vol_targets"):
             np.take(getattr(self, name), idx, axis=0, out=getattr(out, name))
         out.indices = idx

@@ -14,7 +14,7 @@ import torch
 from botcore.config import DEFAULTS, load_config
 from botcore.errors import ConfigError, ModelFileError, UserError
 from deepscalper import DeepScalper, DeepScalperConfig, training_env_overrides
-from deepscalper.networks import DeepScalperNet, MinGRU
+from deepscalper.networks import DeepScalperNet, MinGRU, pair_parameters
 from deepscalper.replay import PrioritizedReplayBuffer, ReplayBuffer, SumTree
 from rl_env import EnvConfig, MarketData, TradingEnv
 
@@ -166,6 +166,27 @@ def test_fused_mingru_path_matches_autograd(branches):
     for name, p in net.named_parameters():
         torch.testing.assert_close(p.grad, expected[name], msg=name)
 
+    # the stacked (online, target) pass used in training: each half equals its own network, and the online
+    # half's cache (suffix-product form of the recurrence) gives the same gradients
+    target = DeepScalperNet(window=6, n_features=3, n_private=4, branch_sizes=branches, hidden_size=8,
+                            rnn="mingru", micro_window=4).double()
+    next_obs = torch.randn(7, 6 * 3 + 4, dtype=torch.float64)
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    stacks = pair_parameters(net, target)
+    assert all(torch.equal(p, before[name]) for name, p in net.named_parameters())
+    q_pair, vol_pair, cache = net.forward_pair(stacks, torch.stack([obs, next_obs]), keep=True)
+    torch.testing.assert_close(q_pair[0], q.detach())
+    torch.testing.assert_close(vol_pair[0], vol.detach())
+    with torch.no_grad():
+        torch.testing.assert_close(q_pair[1], target(next_obs))
+    net.zero_grad(set_to_none=True)
+    net.backward_fused(cache, actions, d_q, d_vol)
+    for name, p in net.named_parameters():
+        torch.testing.assert_close(p.grad, expected[name], msg=name)
+    with torch.no_grad():  # in-place updates of either network reach the stacked pass
+        next(target.parameters()).add_(1.0)
+        torch.testing.assert_close(net.forward_pair(stacks, torch.stack([obs, next_obs]))[0][1], target(next_obs))
+
 
 # --- agent ---------------------------------------------------------------------------------------
 
@@ -261,6 +282,19 @@ def test_same_seed_same_actions_and_weights_and_single_branch_ablation():
     single, acts = run(3, single_branch=True)
     assert [q.shape[1] for q in single.q_values(np.zeros((1, single.spaces["obs_dim"])))] == [25]
     assert acts.shape == (10, 2) and (acts >= 0).all() and (acts < 5).all()
+
+
+def test_direct_fused_adam_step_equals_torch_adam():
+    """The training loop calls the fused Adam kernel on the optimizer's own state: same weights and state."""
+    a = DeepScalper(make_env(), DeepScalperConfig(**TINY), seed=3)
+    a.learn(100)
+    b = DeepScalper(make_env(), DeepScalperConfig(**TINY), seed=3)
+    b._adam_step = b.optimizer.step
+    b.learn(100)
+    assert a.n_updates == b.n_updates > 50 and a._adam_lists is not None
+    assert all(torch.equal(x, y) for x, y in zip(params(a.q_net), params(b.q_net)))
+    sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[k][name], sb[k][name]) for k in sb for name in ("step", "exp_avg", "exp_avg_sq"))
 
 
 def test_save_load_round_trip_and_bad_files(tmp_path):
