@@ -262,6 +262,10 @@ def _fetch_yfinance(symbol: str, interval: str, start: datetime, end: datetime |
     """The one place that talks to Yahoo (tests fake this function or yfinance's ``Ticker.history``)."""
     import yfinance as yf
 
+    if interval != "1d":  # intraday times here are naive UTC; yfinance reads naive times as exchange-local
+        start = start.replace(tzinfo=timezone.utc) if start.tzinfo is None else start
+        end = end.replace(tzinfo=timezone.utc) if end is not None and end.tzinfo is None else end
+    # Daily: start is an exchange date (the store keeps exchange dates) and end is a date or None (= now).
     return yf.Ticker(symbol).history(start=start, end=end, interval=interval, auto_adjust=AUTO_ADJUST,
                                      actions=False, prepost=False, repair=False)
 
@@ -364,7 +368,7 @@ def load_yahoo(symbol: str, interval: str, start: str | None = None, end: str | 
     fetch_end = (pd.Timestamp(end) + pd.Timedelta(days=1)).to_pydatetime() if end else None
 
     try:
-        fresh = _fetch_span(symbol, interval, fetch_start, fetch_end or now)
+        fresh = _fetch_span(symbol, interval, fetch_start, fetch_end, now)
     except DataError as exc:
         if store is None:
             raise DataError(f"{symbol}: {exc}; no local store at {info['store']} to fall back on. "
@@ -386,10 +390,13 @@ def load_yahoo(symbol: str, interval: str, start: str | None = None, end: str | 
                     "last_bar": merged.index[-1], "age_days": round(age, 2)}
 
 
-def _fetch_span(symbol: str, interval: str, start: datetime, end: datetime) -> pd.DataFrame:
+def _fetch_span(symbol: str, interval: str, start: datetime, end: datetime | None, now: datetime
+                ) -> pd.DataFrame:
+    """Bars from ``start`` to ``end`` (``None``: up to ``now``, UTC), in requests no longer than Yahoo allows."""
     step = YAHOO_REQUEST_DAYS.get(interval)
     if step is None:
         return _fetch_with_retries(symbol, interval, start, end)
+    end = end or now
     parts, errors = [], []
     cursor = start
     while cursor < end:

@@ -277,6 +277,14 @@ def test_interval_must_match_the_bars(workspace, capsys):
 
 # --- yahoo source (faked at yfinance's edge) --------------------------------------------------------------
 
+def _naive_utc(moment):
+    """A time as the store keeps it: aware times converted to UTC, naive ones (exchange dates) kept."""
+    if moment is None:
+        return None
+    stamp = pd.Timestamp(moment)
+    return stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo is not None else stamp
+
+
 class FakeYahoo:
     """Stands in for ``yfinance.Ticker.history``: serves a daily market stamped in New York time."""
 
@@ -286,7 +294,9 @@ class FakeYahoo:
         self.calls: list[dict] = []
 
     def history(self, ticker, start=None, end=None, interval="1d", auto_adjust=None, **kwargs):
-        self.calls.append({"symbol": ticker.ticker, "start": pd.Timestamp(start), "end": end,
+        start_utc = getattr(start, "tzinfo", None) is not None and pd.Timestamp(start).utcoffset().total_seconds() == 0
+        start, end = _naive_utc(start), _naive_utc(end)
+        self.calls.append({"symbol": ticker.ticker, "start": start, "end": end, "start_utc": start_utc,
                            "interval": interval, "auto_adjust": auto_adjust})
         if len(self.calls) <= self.fail_first:
             raise yfinance.exceptions.YFRateLimitError()
@@ -386,3 +396,5 @@ def test_yahoo_intraday_respects_range_limits(workspace, fake_yahoo, caplog):
     assert starts[0] == pd.Timestamp(now) - pd.Timedelta(days=29)
     assert all(b - a == pd.Timedelta(days=7) for a, b in zip(starts, starts[1:]))
     assert store.index[0] >= starts[0] and "Yahoo keeps 1m bars for only 29 days" in caplog.text
+    # yfinance reads naive times as exchange-local: intraday requests must say they are UTC
+    assert all(c["start_utc"] for c in fake.calls)
