@@ -884,7 +884,9 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None, clock:
             st = Automation(cfg, args.config, runner=runner, clock=clock).status()
             print(json.dumps(st, indent=2, default=str) if args.json else format_status(st))
             return 0
-        log_file = setup_logging("automate_training", quiet=args.quiet, verbose=args.verbose)
+        # The daemon runs for months: its log rotates at 10 MB, keeping 5 old files.
+        log_file = setup_logging("automate_training", quiet=args.quiet, verbose=args.verbose,
+                                 max_bytes=10 * 1024 * 1024, backups=5)
         logger.info("log file: %s", log_file)
         automation = Automation(cfg, args.config, runner=runner, clock=clock)
         if args.run_once:

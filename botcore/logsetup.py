@@ -15,11 +15,15 @@ from botcore import paths
 _FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-def setup_logging(script: str, quiet: bool = False, verbose: bool = False) -> Path:
+def setup_logging(script: str, quiet: bool = False, verbose: bool = False, max_bytes: int = 0,
+                  backups: int = 5) -> Path:
     """Install a file handler (``logs/{script}_{timestamp}.log``, DEBUG) and a console handler.
 
     The console shows INFO (WARNING with ``quiet``, DEBUG with ``verbose``). Calling it again replaces
     the handlers installed before, so tests and the daemon can call ``main()`` many times.
+
+    :param max_bytes: rotate the log file when it reaches this size, keeping ``backups`` old files
+        (``.log.1`` ... ``.log.N``); 0 = one file, never rotated (a script's run is short; the daemon's is not).
     """
     log_dir = paths.logs_dir()
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -31,7 +35,13 @@ def setup_logging(script: str, quiet: bool = False, verbose: bool = False) -> Pa
             root.removeHandler(handler)
             handler.close()
     root.setLevel(logging.DEBUG)
-    file_handler = logging.FileHandler(log_file, encoding="utf-8")
+    if max_bytes > 0:
+        from logging.handlers import RotatingFileHandler
+
+        file_handler: logging.Handler = RotatingFileHandler(log_file, maxBytes=max_bytes, backupCount=backups,
+                                                            encoding="utf-8")
+    else:
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
     file_handler.setLevel(logging.DEBUG)
     file_handler.setFormatter(logging.Formatter(_FILE_FORMAT))
     file_handler._botcore = True  # type: ignore[attr-defined]

@@ -107,3 +107,22 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     target = tmp_path / "report.json"
     atomic.atomic_write_json(target, {})
     assert target.stat().st_mode & 0o777 == 0o666 & ~atomic._UMASK
+
+
+def test_log_file_rotates_when_asked(workspace):
+    import logging
+
+    from botcore.logsetup import setup_logging
+
+    log_file = setup_logging("daemon", quiet=True, max_bytes=2000, backups=2)
+    try:
+        for i in range(200):
+            logging.getLogger("botcore.test").info("line %d of a long-running daemon's log", i)
+        rotated = sorted(p.name for p in log_file.parent.iterdir())
+        assert rotated == [log_file.name, log_file.name + ".1", log_file.name + ".2"]
+        assert log_file.stat().st_size <= 2000
+    finally:
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if getattr(h, "_botcore", False)]:
+            root.removeHandler(handler)
+            handler.close()
