@@ -37,7 +37,7 @@ from botcore.errors import DataError, UserError
 from botcore.logsetup import setup_logging
 from botcore.symbols import validate_symbol
 from botcore.training import (JobResult, JobSpec, StopFlag, check_dataset, init_worker_process, run_jobs,
-                              stop_on_signals)
+                              stop_on_signals, wait_for_workers)
 
 logger = logging.getLogger("train_bot")
 
@@ -240,7 +240,6 @@ def optimize_then_train(args: argparse.Namespace, cfg: dict[str, Any], spec: Job
 def _run_optimize_workers(base: JobSpec, settings: Any, shares: list[int], stop: StopFlag, log_file: Path,
                           quiet: bool) -> None:
     import concurrent.futures as cf
-    import os
 
     from trainer import hpo
 
@@ -248,15 +247,10 @@ def _run_optimize_workers(base: JobSpec, settings: Any, shares: list[int], stop:
     with cf.ProcessPoolExecutor(max_workers=len(shares), mp_context=ctx, initializer=init_worker_process,
                                 initargs=(str(log_file), quiet)) as pool:
         futures = [pool.submit(hpo.optimize_worker, base, settings, n, i) for i, n in enumerate(shares)]
-        forwarded = False
-        pending = set(futures)
-        while pending:
-            _, pending = cf.wait(pending, timeout=0.5)
-            if stop.requested and not forwarded:
-                forwarded = True
-                for child in mp.active_children():
-                    os.kill(child.pid, signal.SIGTERM)
+        wait_for_workers(futures, stop)
         for fut in futures:
+            if fut.cancelled():
+                continue
             exc = fut.exception()
             if exc is not None:
                 raise UserError(f"an Optuna worker failed: {type(exc).__name__}: {exc}")

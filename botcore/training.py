@@ -937,6 +937,26 @@ def _worker_job(spec: JobSpec) -> JobResult:
         return guarded_job(spec, stop)
 
 
+def wait_for_workers(futures: Any, stop: StopFlag) -> None:
+    """Wait for a process pool's futures; on the first stop request, cancel what has not started and pass
+    SIGTERM on to the worker processes (each stops at its next safe point with a checkpoint)."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    import os
+
+    forwarded = False
+    pending = set(futures)
+    while pending:
+        _, pending = cf.wait(pending, timeout=0.5)
+        if stop.requested and not forwarded:
+            forwarded = True
+            for fut in pending:
+                fut.cancel()
+            for child in mp.active_children():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGTERM)
+
+
 def run_jobs(specs: list[JobSpec], processes: int, stop: StopFlag, log_file: str | None = None,
              quiet: bool = False) -> list[JobResult]:
     """Run jobs, in this process (``processes <= 1``) or in that many spawned worker processes.
@@ -954,7 +974,6 @@ def run_jobs(specs: list[JobSpec], processes: int, stop: StopFlag, log_file: str
         return results
     import concurrent.futures as cf
     import multiprocessing as mp
-    import os
 
     for position, spec in enumerate(specs):
         spec.position = position
@@ -962,17 +981,7 @@ def run_jobs(specs: list[JobSpec], processes: int, stop: StopFlag, log_file: str
     with cf.ProcessPoolExecutor(max_workers=min(processes, len(specs)), mp_context=ctx,
                                 initializer=init_worker_process, initargs=(log_file, quiet)) as pool:
         futures = {pool.submit(_worker_job, spec): spec for spec in specs}
-        forwarded = False
-        pending = set(futures)
-        while pending:
-            done, pending = cf.wait(pending, timeout=0.5)
-            if stop.requested and not forwarded:
-                forwarded = True
-                for fut in pending:
-                    fut.cancel()
-                for child in mp.active_children():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(child.pid, signal.SIGTERM)
+        wait_for_workers(futures, stop)
         results = []
         for fut, spec in futures.items():
             if fut.cancelled():
@@ -985,6 +994,7 @@ def run_jobs(specs: list[JobSpec], processes: int, stop: StopFlag, log_file: str
         return results
 
 
-__all__ = ["JobSpec", "JobResult", "StopFlag", "stop_on_signals", "run_job", "run_jobs", "guarded_job",
+__all__ = ["JobSpec", "JobResult", "StopFlag", "stop_on_signals", "run_job", "run_jobs", "wait_for_workers",
+           "guarded_job",
            "validate_policy", "find_unfinished", "check_dataset", "data_command", "seed_everything",
            "library_versions"]
