@@ -288,7 +288,22 @@ class _Hooks:
         self.step = step
 
 
-class _SB3Agent:
+class _Agent:
+    """What a training job needs of an agent: ``model`` (the trained policy, with ``predict``) and its step count;
+    the subclasses add learn, save/load of models and checkpoints, and close."""
+
+    model: Any
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.model.num_timesteps)
+
+    @property
+    def policy(self) -> Any:
+        return self.model
+
+
+class _SB3Agent(_Agent):
     """A stable-baselines3 PPO / A2C / DQN on TradingVecEnv (fast) or BacktraderEnv (in a DummyVecEnv)."""
 
     def __init__(self, spec: JobSpec, train_data: Any, env_config: Any, total_steps: int, log_dir: Path | None):
@@ -354,14 +369,6 @@ class _SB3Agent:
         net_arch = kwargs.pop("net_arch")
         return self._algo_class()("MlpPolicy", self.env, policy_kwargs={"net_arch": net_arch}, seed=self.spec.seed,
                                   device="cpu", verbose=0, **kwargs)
-
-    @property
-    def num_timesteps(self) -> int:
-        return int(self.model.num_timesteps)
-
-    @property
-    def policy(self) -> Any:
-        return self.model
 
     def learn(self, n_steps: int, hooks: _Hooks) -> None:
         self.model.learn(n_steps, callback=_sb3_callback_class()(hooks), reset_num_timesteps=False)
@@ -438,7 +445,7 @@ def _sb3_callback_class() -> type:
     return SB3Callback
 
 
-class _DeepScalperAgent:
+class _DeepScalperAgent(_Agent):
     """DeepScalper on a TradingEnv in multidiscrete mode with the hindsight bonus and the volatility target."""
 
     def __init__(self, spec: JobSpec, train_data: Any, env_config: Any, total_steps: int, log_dir: Path | None):
@@ -458,14 +465,6 @@ class _DeepScalperAgent:
         self.hyperparameters = dataclasses.asdict(self.config)
         self.model = DeepScalper(self.env, self.config, seed=spec.seed)
         self._cls = DeepScalper
-
-    @property
-    def num_timesteps(self) -> int:
-        return int(self.model.num_timesteps)
-
-    @property
-    def policy(self) -> Any:
-        return self.model
 
     def learn(self, n_steps: int, hooks: _Hooks) -> None:
         def callback(local: dict[str, Any]) -> bool:
