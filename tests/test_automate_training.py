@@ -467,18 +467,24 @@ def _wait_for(predicate, timeout=20.0):
     return False
 
 
-def test_daemon_lock_cron_status_and_sigterm(workspace, fake_scripts, capsys, caplog):
-    """A real daemon process catches up a (slow) data update; meanwhile a second daemon is refused, a cron
-    --run-once gives up after lock_wait_seconds with exit 3, --status reports it; SIGTERM ends it cleanly."""
-    write_config(workspace, training_schedule={"timezone": "UTC", "lock_wait_seconds": 1})
+def _start_daemon_after_downtime(workspace, fake_scripts, runner_args: str, stderr) -> subprocess.Popen:
+    """A real daemon process over the fake scripts, in a workspace whose daemon was last seen two days ago
+    (so it starts by catching up the missed data update)."""
     (workspace / "results").mkdir()
     state = at.empty_state()
     state["daemon"] = {"last_seen": (datetime.now(timezone.utc) - timedelta(days=2)).isoformat()}
     (workspace / "results" / at.STATE_FILE).write_text(json.dumps(state))
     driver = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import automate_training as at; "
               f"raise SystemExit(at.main(['--quiet'], runner=at.SubprocessRunner(scripts_dir=at.Path("
-              f"{str(fake_scripts)!r}), grace_seconds=5, poll_seconds=0.05)))")
-    daemon = subprocess.Popen([sys.executable, "-c", driver], cwd=workspace, stderr=subprocess.PIPE, text=True)
+              f"{str(fake_scripts)!r}), {runner_args}poll_seconds=0.05)))")
+    return subprocess.Popen([sys.executable, "-c", driver], cwd=workspace, stderr=stderr, text=True)
+
+
+def test_daemon_lock_cron_status_and_sigterm(workspace, fake_scripts, capsys, caplog):
+    """A real daemon process catches up a (slow) data update; meanwhile a second daemon is refused, a cron
+    --run-once gives up after lock_wait_seconds with exit 3, --status reports it; SIGTERM ends it cleanly."""
+    write_config(workspace, training_schedule={"timezone": "UTC", "lock_wait_seconds": 1})
+    daemon = _start_daemon_after_downtime(workspace, fake_scripts, "grace_seconds=5, ", stderr=subprocess.PIPE)
     try:
         assert _wait_for(lambda: (workspace / "child_started").exists()), daemon.stderr.read() if daemon.poll() else ""
         assert at.main(["--quiet"]) == 1
@@ -512,14 +518,7 @@ def test_daemon_lock_cron_status_and_sigterm(workspace, fake_scripts, capsys, ca
 
 def test_kill_9_leaves_valid_state_no_orphan_and_a_stale_lock(workspace, fake_scripts, capsys):
     write_config(workspace, training_schedule={"timezone": "UTC"})
-    (workspace / "results").mkdir()
-    state = at.empty_state()
-    state["daemon"] = {"last_seen": (datetime.now(timezone.utc) - timedelta(days=2)).isoformat()}
-    (workspace / "results" / at.STATE_FILE).write_text(json.dumps(state))
-    driver = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import automate_training as at; "
-              f"raise SystemExit(at.main(['--quiet'], runner=at.SubprocessRunner(scripts_dir=at.Path("
-              f"{str(fake_scripts)!r}), poll_seconds=0.05)))")
-    daemon = subprocess.Popen([sys.executable, "-c", driver], cwd=workspace, stderr=subprocess.DEVNULL)
+    daemon = _start_daemon_after_downtime(workspace, fake_scripts, "", stderr=subprocess.DEVNULL)
     try:
         assert _wait_for(lambda: (workspace / "child_started").exists())
     finally:
