@@ -19,7 +19,11 @@ demo: $(VENV)/.installed
 	$(PY) train_bot.py --model-type both --symbol GOOGL --steps $(DEMO_STEPS)
 	$(PY) evaluate_bot.py --symbol GOOGL --create-plots
 
+# The architecture and style checks run first: an import that points up (.importlinter) or a ruff finding
+# fails the build like a failing test.
 test: $(VENV)/.installed
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
 bench: $(VENV)/.installed

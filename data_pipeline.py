@@ -16,28 +16,19 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from tqdm import tqdm
-
+from agents.config import load_config
 from botcore import paths
 from botcore.cli import run_guarded
-from botcore.config import load_config
 from botcore.errors import UserError
 from botcore.logsetup import setup_logging
 from botcore.symbols import validate_symbol
-from datafeed.sources import (SYNTHETIC_KINDS, generate_synthetic, load_csv, load_sample, load_synthetic,
-                              load_yahoo, sample_symbols)
-from datafeed.splits import load_manifest, load_split, manifest_hash, prepare, prepare_splits, write_splits
-
-__all__ = ["main", "load_split", "load_manifest", "generate_synthetic", "prepare_splits", "manifest_hash",
-           "run_symbol"]
+from datafeed.pipeline import DEFAULT_SYNTHETIC_BARS, prepare_symbols
+from datafeed.sources import SYNTHETIC_KINDS
 
 logger = logging.getLogger("data_pipeline")
-
-DEFAULT_SYNTHETIC_BARS = 2500
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,40 +70,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_symbol(symbol: str, interval: str, cfg: dict[str, Any], *, csv_file: str | None = None,
-               seed: int = 0, update: bool = False, synthetic_kind: str = "gbm",
-               synthetic_bars: int = DEFAULT_SYNTHETIC_BARS) -> dict[str, Any]:
-    """Load, prepare and write one symbol; return its manifest. Raises UserError subclasses on bad data."""
-    data = cfg["data"]
-    source = data["source"]
-    if source == "sample":
-        raw, info = load_sample(symbol, interval)
-    elif source == "csv":
-        if not csv_file:
-            raise UserError("--source csv needs --csv FILE (one file per symbol)")
-        raw, info = load_csv(csv_file)
-    elif source == "synthetic":
-        raw, info = load_synthetic(synthetic_bars, seed, synthetic_kind, interval)
-    else:
-        raw, info = load_yahoo(symbol, interval, start=data["start"], end=data["end"], update=update)
-        max_age = cfg["monitoring"]["max_data_age_days"]
-        if info.get("age_days", 0) > max_age:
-            logger.warning("%s: the newest bar is %.1f days old (monitoring.max_data_age_days = %s)%s", symbol,
-                           info["age_days"], max_age, "" if update else "; add --update-data to fetch new bars")
-    info.update(first_bar=raw.index.min(), last_bar=raw.index.max(), bars_loaded=len(raw))
-    prepared = prepare(raw, cfg, symbol, interval)
-    settings = {"data": {**data, "interval": interval}, "symbol": symbol}
-    if source == "synthetic":
-        settings["synthetic"] = {"kind": synthetic_kind, "bars": synthetic_bars, "seed": seed}
-    return write_splits(prepared, symbol, interval, info, settings)
-
-
-def _describe(manifest: dict[str, Any]) -> str:
-    parts = [f"{name} {r['rows']:>6,} ({r['start']} .. {r['end']})" for name, r in manifest["ranges"].items()]
-    return (f"{manifest['symbol']:<10} {manifest['interval']:<4} {manifest['source']:<9} " + " | ".join(parts)
-            + f" | {len(manifest['feature_columns'])} features, embargo {manifest['embargo_bars']}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
@@ -134,33 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError("--csv is only used with --source csv")
         if args.bars < 2:
             raise UserError("--bars must be 2 or more")
-        seed = data["seed"]
         logger.info("data pipeline: %d symbol(s) from %s; log %s", len(symbols), data["source"], log_file)
 
-        failures: list[tuple[str, str]] = []
-        lines: list[str] = []
-        bar = tqdm(symbols, desc="data", unit="symbol", file=sys.stderr, disable=True if args.quiet else None)
-        for i, symbol in enumerate(bar):
-            bar.set_postfix_str(symbol)
-            # The sample source takes each sample's own interval unless --interval asks for one.
-            interval = data["interval"]
-            if data["source"] == "sample" and args.interval is None:
-                interval = sample_symbols().get(symbol, interval)
-            try:
-                manifest = run_symbol(symbol, interval, cfg, csv_file=csv_files[i], seed=seed + i,
-                                      update=args.update_data, synthetic_kind=args.synthetic_kind,
-                                      synthetic_bars=args.bars)
-            except UserError as exc:
-                logger.debug("%s failed", symbol, exc_info=True)
-                failures.append((symbol, str(exc)))
-            except Exception as exc:  # one symbol's bug must not stop the others; traceback to the log
-                logger.exception("%s: unexpected failure", symbol)
-                failures.append((symbol, f"unexpected {type(exc).__name__}: {exc} (traceback in {log_file})"))
-            else:
-                lines.append(_describe(manifest))
-        bar.close()
-        for line in lines:
+        report = prepare_symbols(symbols, cfg, csv_files=csv_files, update=args.update_data,
+                                 interval_given=args.interval is not None, synthetic_kind=args.synthetic_kind,
+                                 synthetic_bars=args.bars, quiet=args.quiet, log_file=log_file)
+        for line in report.lines():
             print(line)
+        failures = list(report.failures.items())
         for symbol, message in failures:
             logger.error("%s", message if message.startswith(f"{symbol}:") else f"{symbol}: {message}")
         done = len(symbols) - len(failures)

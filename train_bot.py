@@ -12,32 +12,30 @@ Examples::
 
 Every model trains on the train split and is scored on the validation split only (annualised Sharpe ratio net
 of costs, fast engine); the test split is left for evaluate_bot.py. Finished runs go to the registry under
-models/ (see botcore.registry); each session is recorded in results/training_session_<timestamp>.json.
+models/ (see agents.registry); each session is recorded in results/training_session_<timestamp>.json.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import math
-import multiprocessing as mp
 import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from botcore import paths
-from botcore.atomic import atomic_write_json
+from agents.config import INTERVALS, SB3_ALGOS, load_config
 from botcore.cli import run_guarded
-from botcore.config import INTERVALS, SB3_ALGOS, load_config
-from botcore.errors import DataError, UserError
 from botcore.logsetup import setup_logging
+from botcore.signals import StopFlag, stop_on_signals
 from botcore.symbols import validate_symbol
-from botcore.training import (JobResult, JobSpec, StopFlag, check_dataset, init_worker_process, run_jobs,
-                              stop_on_signals, wait_for_workers)
+from datafeed.dataset import Dataset
+from training.continuous import continuous
+from training.hpo import optimize_then_train
+from training.job import JobResult, JobSpec
+from training.session import Session
+from training.workers import run_jobs
 
 logger = logging.getLogger("train_bot")
 
@@ -144,31 +142,6 @@ def processes_for(args: argparse.Namespace, cfg: dict[str, Any], n_jobs: int) ->
     return min(workers, n_jobs)
 
 
-# --- one session -----------------------------------------------------------------------------------------
-
-class Session:
-    """results/training_session_<timestamp>.json, rewritten (atomically) as the session goes on."""
-
-    def __init__(self, argv: Sequence[str], cfg: dict[str, Any], mode: str, log_file: Path):
-        self.stamp = datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S_%f")
-        self.path = paths.results_dir() / f"training_session_{self.stamp}.json"
-        self.data: dict[str, Any] = {"session": self.stamp, "mode": mode, "argv": list(argv),
-                                     "started": _now(), "finished": None, "log_file": str(log_file),
-                                     "config": cfg, "jobs": [], "cycles": [], "optimize": None, "exit_code": None}
-        self.save()
-
-    def save(self) -> None:
-        atomic_write_json(self.path, self.data)
-
-    def finish(self, code: int) -> None:
-        self.data.update(finished=_now(), exit_code=code)
-        self.save()
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def print_results(results: list[JobResult]) -> None:
     header = f"{'symbol':<10} {'int':<4} {'model':<19} {'steps':>8} {'val Sharpe':>10}  {'status':<11} run"
     print(header)
@@ -188,130 +161,15 @@ def train_once(args: argparse.Namespace, cfg: dict[str, Any], session: Session, 
                log_file: Path) -> list[JobResult]:
     specs = build_specs(args, cfg)
     for spec in specs:
-        check_dataset(spec.symbol, spec.interval)
+        Dataset.open(spec.symbol, spec.interval)  # a missing dataset fails here, naming the command to make it
     if args.optimize:
-        results = [optimize_then_train(args, cfg, spec, session, stop, log_file) for spec in specs]
+        results = [optimize_then_train(spec, cfg, session, stop, log_file, args.study_name, args.quiet)
+                   for spec in specs]
     else:
         results = run_jobs(specs, processes_for(args, cfg, len(specs)), stop, str(log_file), args.quiet)
     session.data["jobs"].extend(r.to_dict() for r in results)
     session.save()
     return results
-
-
-# --- hyperparameter search ---------------------------------------------------------------------------------
-
-def optimize_then_train(args: argparse.Namespace, cfg: dict[str, Any], spec: JobSpec, session: Session,
-                        stop: StopFlag, log_file: Path) -> JobResult:
-    """Run the study (in ``--workers`` processes sharing its storage), then retrain the best trial's
-    hyperparameters with the session's seed and register it with the study's trial count."""
-    from trainer import hpo
-
-    opt = cfg["optimize"]
-    settings = hpo.StudySettings(storage=opt["storage"], study_name=args.study_name or hpo.default_study_name(spec),
-                                 sampler=opt["sampler"], trials=opt["trials"], seeds=opt["seeds"],
-                                 grid=hpo.check_grid(spec.algo, opt["grid"]) if opt["sampler"] == "grid" else {})
-    hpo.create_study(settings, spec.seed)
-    workers = min(cfg["training_params"]["workers"], settings.trials)
-    base = dataclasses.replace(spec, resume=False)
-    logger.info("%s: Optuna study %s in %s, %d trials, %s sampler, %d worker(s)", spec.label, settings.study_name,
-                settings.storage_redacted, settings.trials, settings.sampler, workers)
-    started = time.monotonic()
-    if workers <= 1:
-        hpo.optimize(base, settings, settings.trials, 0, stop)
-    else:
-        shares = [settings.trials // workers + (1 if i < settings.trials % workers else 0) for i in range(workers)]
-        _run_optimize_workers(base, settings, shares, stop, log_file, args.quiet)
-    if stop.requested:
-        return JobResult(spec.symbol, spec.interval, spec.model_type, spec.algo, "stopped",
-                         error="optimization stopped by a signal; run again to add trials to the same study")
-    summary = hpo.summarize(settings)
-    logger.info("%s: best trial #%d, validation Sharpe %.3f, params %s (%d trials)", spec.label, summary.best_trial,
-                summary.best_value, summary.best_params, summary.n_trials)
-    study_info = {"study": settings.study_name, "storage": settings.storage_redacted, "sampler": settings.sampler,
-                  "seeds": settings.seeds, "seconds": round(time.monotonic() - started, 3), **summary.to_dict()}
-    session.data["optimize"] = (session.data["optimize"] or []) + [dict(study_info, symbol=spec.symbol,
-                                                                        model_type=spec.model_type)]
-    session.save()
-    final = dataclasses.replace(spec, hyperparams=summary.best_params, hpo_trials=max(1, summary.n_trials),
-                                trial_sharpes=summary.trial_sharpes, extra_metadata={"optuna": study_info})
-    return run_jobs([final], 1, stop, str(log_file), args.quiet)[0]
-
-
-def _run_optimize_workers(base: JobSpec, settings: Any, shares: list[int], stop: StopFlag, log_file: Path,
-                          quiet: bool) -> None:
-    import concurrent.futures as cf
-
-    from trainer import hpo
-
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=len(shares), mp_context=ctx, initializer=init_worker_process,
-                                initargs=(str(log_file), quiet)) as pool:
-        futures = [pool.submit(hpo.optimize_worker, base, settings, n, i) for i, n in enumerate(shares)]
-        wait_for_workers(futures, stop)
-        for fut in futures:
-            if fut.cancelled():
-                continue
-            exc = fut.exception()
-            if exc is not None:
-                raise UserError(f"an Optuna worker failed: {type(exc).__name__}: {exc}")
-
-
-# --- continuous mode ----------------------------------------------------------------------------------------
-
-def refresh_data(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
-    """Bring the datasets up to date the way data_pipeline.py does (its own main, same config)."""
-    import data_pipeline
-
-    symbols = [validate_symbol(s) for s in (args.symbols or cfg["symbols"])]
-    argv = ["--symbols", *symbols, "--interval", cfg["data"]["interval"]]
-    if args.config:
-        argv += ["--config", args.config]
-    if args.quiet:
-        argv.append("--quiet")
-    code = data_pipeline.main(argv)
-    if code != 0:
-        raise DataError(f"data refresh failed (python data_pipeline.py {' '.join(argv)} exited with {code})")
-
-
-def _sleep(seconds: float, stop: StopFlag) -> None:
-    """Sleep in short naps so that SIGTERM ends the wait at once."""
-    end = time.monotonic() + seconds
-    while not stop.requested and time.monotonic() < end:
-        time.sleep(min(1.0, max(0.0, end - time.monotonic())))
-
-
-def continuous(args: argparse.Namespace, cfg: dict[str, Any], session: Session, stop: StopFlag,
-               log_file: Path) -> int:
-    interval_s = 60.0 * cfg["training_params"]["continuous_interval_minutes"]
-    cycle, failures = 0, 0
-    while not stop.requested:
-        cycle += 1
-        started = time.monotonic()
-        record: dict[str, Any] = {"cycle": cycle, "started": _now()}
-        logger.info("continuous mode: cycle %d", cycle)
-        try:
-            refresh_data(args, cfg)
-            results = train_once(args, cfg, session, stop, log_file)
-            print_results(results)
-            record["jobs"] = [r.to_dict() for r in results]
-            failed = [r for r in results if r.status == "failed"]
-            record["status"] = "failed" if failed else "stopped" if stop.requested else "ok"
-            if failed:
-                record["error"] = "; ".join(f"{r.symbol} {r.model_type}: {r.error}" for r in failed)
-        except Exception as exc:  # noqa: BLE001 - one failed cycle never ends the loop
-            logger.error("cycle %d failed: %s", cycle, exc, exc_info=not isinstance(exc, UserError))
-            record.update(status="failed", error=str(exc))
-        record["finished"] = _now()
-        failures += record["status"] == "failed"
-        session.data["cycles"].append(record)
-        session.save()
-        if args.max_cycles and cycle >= args.max_cycles:
-            break
-        wait = max(0.0, interval_s - (time.monotonic() - started))
-        logger.info("continuous mode: next cycle in %.0f s", wait)
-        _sleep(wait, stop)
-    logger.info("continuous mode: ended after %d cycle(s), %d failed", cycle, failures)
-    return 1 if failures == cycle else 0
 
 
 # --- main ----------------------------------------------------------------------------------------------------
@@ -337,9 +195,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop = StopFlag()
         code = 1
         try:
-            with stop_on_signals(stop):
+            with stop_on_signals(stop, "stopping at the next safe point (a checkpoint is saved)"):
                 if args.continuous:
-                    code = continuous(args, cfg, session, stop, log_file)
+                    symbols = [validate_symbol(s) for s in (args.symbols or cfg["symbols"])]
+
+                    def cycle() -> list[JobResult]:
+                        results = train_once(args, cfg, session, stop, log_file)
+                        print_results(results)
+                        return results
+
+                    code = continuous(symbols, cfg, session, stop, cycle, args.max_cycles, args.quiet)
                 else:
                     results = train_once(args, cfg, session, stop, log_file)
                     print_results(results)

@@ -27,14 +27,15 @@ sys.path.insert(0, str(REPO))
 import pandas as pd  # noqa: E402
 
 import data_pipeline  # noqa: E402
-from botcore.config import load_config  # noqa: E402
+import datafeed  # noqa: E402
+from agents.config import load_config  # noqa: E402
 from datafeed import sources  # noqa: E402
 from datafeed.features import compute_features  # noqa: E402
 from datafeed.splits import prepare  # noqa: E402
 
 
 def bench_features(n_bars: int) -> None:
-    bars = data_pipeline.generate_synthetic(n_bars, seed=0, kind="regime", interval="5m")
+    bars = datafeed.generate_synthetic(n_bars, seed=0, kind="regime", interval="5m")
     t0 = time.perf_counter()
     features = compute_features(bars, "5m")
     t1 = time.perf_counter()
@@ -49,7 +50,7 @@ def bench_features(n_bars: int) -> None:
 
 def bench_update(n_symbols: int, history: int = 2500) -> None:
     symbols = [f"SYM{i:02d}" for i in range(n_symbols)]
-    markets = {s: data_pipeline.generate_synthetic(history + 5, seed=i, start="2010-01-04")
+    markets = {s: datafeed.generate_synthetic(history + 5, seed=i, start="2010-01-04")
                for i, s in enumerate(symbols)}
     served = {"extra": 0}
 

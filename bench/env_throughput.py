@@ -19,8 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from evaluation.markets import random_walk_data  # noqa: E402
 from rl_env import BacktraderEnv, EnvConfig, TradingEnv, TradingVecEnv  # noqa: E402
-from rl_env.synthetic import random_walk_data  # noqa: E402
 
 
 def _time_single(env, actions: np.ndarray, steps: int) -> float:

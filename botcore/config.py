@@ -1,6 +1,6 @@
 """training_config.json: defaults in code, the file overrides them, command-line flags override the file.
 
-``load_config()`` returns a plain nested dict with every key present. Validation happens on load:
+``load_config(..., schema)`` returns a plain nested dict with every key present. Validation happens on load:
 a wrong type, an unknown key (with a "did you mean" suggestion) or an impossible value raises
 ``ConfigError`` (exit code 2) with one line naming the key, e.g.::
 
@@ -13,6 +13,7 @@ import difflib
 import json
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ INTERVALS = ("1m", "5m", "15m", "30m", "1h", "1d")
 MODEL_TYPES = ("deepscalper", "backtrader")
 SB3_ALGOS = ("ppo", "a2c", "dqn")
 
-DEFAULTS: dict[str, Any] = {
+BASE_DEFAULTS: dict[str, Any] = {
     "symbols": ["GOOGL"],
     "model_types": ["deepscalper", "backtrader"],
     "training_schedule": {
@@ -91,34 +92,11 @@ DEFAULTS: dict[str, Any] = {
         "episode_length": 256,  # training episodes; evaluation runs the whole split
         "close_at_session_end": True,  # intraday data
         "session_episodes": True,  # intraday training: an episode is one session (evaluation: the whole split)
-    },
-    "deepscalper": {
-        "hidden_size": 64,
-        "rnn": "mingru",  # micro encoder: mingru (fast on CPU) | gru | lstm
-        "learning_rate": 1e-4,
-        "gamma": 0.99,
-        "batch_size": 64,
-        "buffer_size": 100000,
-        "learning_starts": 1000,
-        "train_freq": 1,
-        "gradient_steps": 1,
-        "target_update_interval": 500,
-        "tau": 1.0,
-        "n_step": 1,
-        "max_grad_norm": 10.0,
-        "prioritized_replay": True,
-        "per_alpha": 0.6,
-        "per_beta": 0.4,
-        "exploration_initial_eps": 1.0,
-        "exploration_final_eps": 0.1,
-        "exploration_fraction": 0.5,
-        "hindsight_weight": 0.1,
-        "hindsight_horizon": 5,
-        "aux_weight": 1.0,
-        "vol_horizon": 5,
-        "use_hindsight": True,
-        "use_aux": True,
-        "single_branch": False,
+        "vol_window": 20,  # bars of past returns in the volatility that scales limit offsets
+        "margin_leverage": 2.0,  # broker buying power: opening a position needs cost / leverage in cash
+        "rebalance_band": 0.05,  # discrete/box: no order unless the target moves by more than this (of max)
+        "risk_aversion": 0.5,  # risk_adjusted reward: penalty per unit of new drawdown
+        "ruin_fraction": 0.1,  # an episode ends when equity falls to this fraction of initial_cash
     },
     "sb3": {
         "learning_rate": 3e-4,
@@ -178,33 +156,33 @@ _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2})?)?$")
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
-def _time(v: Any) -> str | None:
+def check_time(v: Any) -> str | None:
     return None if isinstance(v, str) and _TIME_RE.match(v) else "is not a time; use HH:MM (00:00-23:59)"
 
 
-def _date_or_none(v: Any) -> str | None:
+def check_date_or_none(v: Any) -> str | None:
     if v is None:
         return None
     return None if isinstance(v, str) and _DATE_RE.match(v) else "is not a date; use YYYY-MM-DD or null"
 
 
-def _str_or_none(v: Any) -> str | None:
+def check_str_or_none(v: Any) -> str | None:
     return None if v is None or isinstance(v, str) else "must be a string or null"
 
 
-def _positive(v: Any) -> str | None:
+def check_positive(v: Any) -> str | None:
     return None if v > 0 else "must be greater than 0"
 
 
-def _non_negative(v: Any) -> str | None:
+def check_non_negative(v: Any) -> str | None:
     return None if v >= 0 else "must be 0 or more"
 
 
-def _fraction(v: Any) -> str | None:
+def check_fraction(v: Any) -> str | None:
     return None if 0 < v < 1 else "must be between 0 and 1 (exclusive)"
 
 
-def _choice(*options: Any) -> Callable[[Any], str | None]:
+def check_choice(*options: Any) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         if v in options:
             return None
@@ -215,7 +193,7 @@ def _choice(*options: Any) -> Callable[[Any], str | None]:
     return check
 
 
-def _list_of(kind: type, allowed: tuple[Any, ...] | None = None, non_empty: bool = True):
+def check_list_of(kind: type, allowed: tuple[Any, ...] | None = None, non_empty: bool = True):
     def check(v: Any) -> str | None:
         if not isinstance(v, list) or (non_empty and not v):
             return "must be a non-empty list" if non_empty else "must be a list"
@@ -223,17 +201,17 @@ def _list_of(kind: type, allowed: tuple[Any, ...] | None = None, non_empty: bool
             if not isinstance(item, kind) or isinstance(item, bool) and kind is not bool:
                 return f"must hold only {kind.__name__} values (found {item!r})"
             if allowed is not None and item not in allowed:
-                return _choice(*allowed)(item)
+                return check_choice(*allowed)(item)
         return None
 
     return check
 
 
-def _negative_percent(v: Any) -> str | None:
+def check_negative_percent(v: Any) -> str | None:
     return None if -100 <= v < 0 else "must be a negative percentage between -100 and 0, e.g. -25.0"
 
 
-def _timezone(v: Any) -> str | None:
+def check_timezone(v: Any) -> str | None:
     import zoneinfo
 
     try:
@@ -245,118 +223,113 @@ def _timezone(v: Any) -> str | None:
     return None
 
 
-def _weekday(v: Any) -> str | None:
-    return None if v is None else _choice(*_WEEKDAYS)(v)
+def check_weekday(v: Any) -> str | None:
+    return None if v is None else check_choice(*_WEEKDAYS)(v)
 
 
 # Dotted key -> check. Keys not listed here are checked by type only (the type of the default).
-CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "symbols": _list_of(str),
-    "model_types": _list_of(str, MODEL_TYPES),
-    "training_schedule.daily_at": _time,
-    "training_schedule.data_update_at": _time,
-    "training_schedule.evaluation_at": _time,
-    "training_schedule.weekday": _weekday,
-    "training_schedule.timezone": _timezone,
-    "training_schedule.lock_wait_seconds": _non_negative,
-    "training_schedule.job_timeout_minutes": _positive,
-    "training_params.steps": _positive,
-    "training_params.episodes": _non_negative,
-    "training_params.iterations": _positive,
-    "training_params.lookback_days": _positive,
-    "training_params.checkpoint_every": _non_negative,
-    "training_params.eval_every": _non_negative,
-    "training_params.workers": _positive,
-    "training_params.algo": _choice(*SB3_ALGOS),
-    "training_params.engine": _choice("backtrader", "fast"),
-    "training_params.continuous_interval_minutes": _positive,
-    "monitoring.max_drawdown_threshold": _negative_percent,
-    "monitoring.degradation_window": _positive,
-    "monitoring.degradation_drop": _non_negative,
-    "monitoring.max_data_age_days": _positive,
-    "monitoring.psr_level": _fraction,
-    "data.source": _choice("yahoo", "sample", "csv", "synthetic"),
-    "data.interval": _choice(*INTERVALS),
-    "data.start": _date_or_none,
-    "data.end": _date_or_none,
-    "data.csv": _str_or_none,
-    "data.train_fraction": _fraction,
-    "data.val_fraction": _fraction,
-    "data.train_end": _date_or_none,
-    "data.val_end": _date_or_none,
+BASE_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "symbols": check_list_of(str),
+    "model_types": check_list_of(str, MODEL_TYPES),
+    "training_schedule.daily_at": check_time,
+    "training_schedule.data_update_at": check_time,
+    "training_schedule.evaluation_at": check_time,
+    "training_schedule.weekday": check_weekday,
+    "training_schedule.timezone": check_timezone,
+    "training_schedule.lock_wait_seconds": check_non_negative,
+    "training_schedule.job_timeout_minutes": check_positive,
+    "training_params.steps": check_positive,
+    "training_params.episodes": check_non_negative,
+    "training_params.iterations": check_positive,
+    "training_params.lookback_days": check_positive,
+    "training_params.checkpoint_every": check_non_negative,
+    "training_params.eval_every": check_non_negative,
+    "training_params.workers": check_positive,
+    "training_params.algo": check_choice(*SB3_ALGOS),
+    "training_params.engine": check_choice("backtrader", "fast"),
+    "training_params.continuous_interval_minutes": check_positive,
+    "monitoring.max_drawdown_threshold": check_negative_percent,
+    "monitoring.degradation_window": check_positive,
+    "monitoring.degradation_drop": check_non_negative,
+    "monitoring.max_data_age_days": check_positive,
+    "monitoring.psr_level": check_fraction,
+    "data.source": check_choice("yahoo", "sample", "csv", "synthetic"),
+    "data.interval": check_choice(*INTERVALS),
+    "data.start": check_date_or_none,
+    "data.end": check_date_or_none,
+    "data.csv": check_str_or_none,
+    "data.train_fraction": check_fraction,
+    "data.val_fraction": check_fraction,
+    "data.train_end": check_date_or_none,
+    "data.val_end": check_date_or_none,
     "data.embargo_bars": lambda v: None if v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
     else "must be a whole number of bars (0 or more) or null",
-    "data.indicators": _list_of(
+    "data.indicators": check_list_of(
         str, ("rsi", "macd", "bollinger", "atr", "obv", "stochastic", "adx", "cci", "ma_ratios"), non_empty=False
     ),
-    "data.outlier_mad_threshold": _positive,
+    "data.outlier_mad_threshold": check_positive,
     "data.costs.commission_rate": lambda v: None if 0 <= v < 0.1 else "must be a fraction between 0 and 0.1",
-    "data.costs.commission_min": _non_negative,
-    "data.costs.slippage_bps": _non_negative,
-    "data.costs.spread_bps": _non_negative,
-    "env.window": _positive,
-    "env.initial_cash": _positive,
+    "data.costs.commission_min": check_non_negative,
+    "data.costs.slippage_bps": check_non_negative,
+    "data.costs.spread_bps": check_non_negative,
+    "env.window": check_positive,
+    "env.initial_cash": check_positive,
     "env.max_position": lambda v: None if 0 < v <= 10 else "must be between 0 (exclusive) and 10",
     "env.position_levels": lambda v: None if v >= 2 else "must be 2 or more",
-    "env.price_offsets": _list_of(float),
-    "env.quantity_levels": _list_of(float),
-    "env.reward": _choice("equity", "log_return", "risk_adjusted"),
-    "env.episode_length": _positive,
-    "deepscalper.hidden_size": _positive,
-    "deepscalper.rnn": _choice("mingru", "gru", "lstm"),
-    "deepscalper.learning_rate": _positive,
-    "deepscalper.gamma": lambda v: None if 0 <= v <= 1 else "must be between 0 and 1",
-    "deepscalper.batch_size": _positive,
-    "deepscalper.buffer_size": _positive,
-    "deepscalper.learning_starts": _non_negative,
-    "deepscalper.train_freq": _positive,
-    "deepscalper.gradient_steps": _positive,
-    "deepscalper.target_update_interval": _positive,
-    "deepscalper.tau": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
-    "deepscalper.n_step": _positive,
-    "deepscalper.max_grad_norm": _positive,
-    "deepscalper.per_alpha": _non_negative,
-    "deepscalper.per_beta": lambda v: None if 0 <= v <= 1 else "must be between 0 and 1",
-    "deepscalper.exploration_initial_eps": lambda v: None if 0 <= v <= 1 else "must be between 0 and 1",
-    "deepscalper.exploration_final_eps": lambda v: None if 0 <= v <= 1 else "must be between 0 and 1",
-    "deepscalper.exploration_fraction": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
-    "deepscalper.hindsight_weight": _non_negative,
-    "deepscalper.hindsight_horizon": _positive,
-    "deepscalper.aux_weight": _non_negative,
-    "deepscalper.vol_horizon": _positive,
-    "sb3.learning_rate": _positive,
-    "sb3.net_arch": _list_of(int),
-    "sb3.n_steps": _positive,
-    "sb3.batch_size": _positive,
+    "env.price_offsets": check_list_of(float),
+    "env.quantity_levels": check_list_of(float),
+    "env.reward": check_choice("equity", "log_return", "risk_adjusted"),
+    "env.episode_length": check_positive,
+    "env.vol_window": lambda v: None if v >= 2 else "must be 2 or more",
+    "env.margin_leverage": lambda v: None if 1 <= v <= 100 else "must be between 1 and 100",
+    "env.rebalance_band": lambda v: None if 0 <= v < 1 else "must be between 0 and 1 (a fraction of max_position)",
+    "env.risk_aversion": check_non_negative,
+    "env.ruin_fraction": lambda v: None if 0 <= v < 1 else "must be between 0 and 1 (exclusive of 1)",
+    "sb3.learning_rate": check_positive,
+    "sb3.net_arch": check_list_of(int),
+    "sb3.n_steps": check_positive,
+    "sb3.batch_size": check_positive,
     "sb3.gamma": lambda v: None if 0 <= v <= 1 else "must be between 0 and 1",
-    "sb3.n_envs": _positive,
-    "registry.promotion_margin": _non_negative,
-    "registry.keep_backups": _positive,
-    "optimize.trials": _positive,
-    "optimize.sampler": _choice("tpe", "grid", "random"),
-    "optimize.seeds": _positive,
-    "evaluation.engine": _choice("fast", "backtrader", "both"),
-    "evaluation.split": _choice("train", "val", "test"),
-    "evaluation.bootstrap_samples": _positive,
-    "evaluation.ma_fast": _positive,
-    "evaluation.ma_slow": _positive,
+    "sb3.n_envs": check_positive,
+    "registry.promotion_margin": check_non_negative,
+    "registry.keep_backups": check_positive,
+    "optimize.trials": check_positive,
+    "optimize.sampler": check_choice("tpe", "grid", "random"),
+    "optimize.seeds": check_positive,
+    "evaluation.engine": check_choice("fast", "backtrader", "both"),
+    "evaluation.split": check_choice("train", "val", "test"),
+    "evaluation.bootstrap_samples": check_positive,
+    "evaluation.ma_fast": check_positive,
+    "evaluation.ma_slow": check_positive,
     "alerts.email.smtp_port": lambda v: None if 0 < v < 65536 else "must be a port number 1-65535",
-    "alerts.email.to_addrs": _list_of(str, non_empty=False),
-    "alerts.webhook.format": _choice("slack", "json"),
+    "alerts.email.to_addrs": check_list_of(str, non_empty=False),
+    "alerts.webhook.format": check_choice("slack", "json"),
 }
-
-# Keys whose value is a free-form mapping (no unknown-key check below them).
-FREE_FORM = {"optimize.grid"}
-
 
 def _type_name(v: Any) -> str:
     return {bool: "true/false", int: "a whole number", float: "a number", str: "a string", list: "a list",
             dict: "an object"}.get(type(v), type(v).__name__)
 
 
-def validate(cfg: Mapping[str, Any], source: str = paths.CONFIG_FILE) -> None:
+@dataclass(frozen=True)
+class Schema:
+    """What a config file may hold: every key with its default (which also gives its type) and value checks.
+
+    The toolkit's schema is :data:`agents.config.SCHEMA`: these base sections plus the sections the agents
+    own (``deepscalper``). Keys not in ``checks`` are checked by type only.
+    """
+
+    defaults: Mapping[str, Any]
+    checks: Mapping[str, Callable[[Any], str | None]]
+    free_form: frozenset[str] = frozenset({"optimize.grid"})
+
+
+BASE_SCHEMA = Schema(BASE_DEFAULTS, BASE_CHECKS)
+
+
+def validate(cfg: Mapping[str, Any], schema: Schema, source: str = paths.CONFIG_FILE) -> None:
     """Raise ConfigError on the first problem found in a fully merged config."""
-    _validate_node(cfg, DEFAULTS, "", source)
+    _validate_node(cfg, schema.defaults, "", source, schema)
     fractions = cfg["data"]["train_fraction"] + cfg["data"]["val_fraction"]
     if fractions >= 1:
         raise ConfigError(f"{source}: data.train_fraction + data.val_fraction = {fractions:g} leaves no test split; "
@@ -367,8 +340,8 @@ def validate(cfg: Mapping[str, Any], source: str = paths.CONFIG_FILE) -> None:
         raise ConfigError(f"{source}: evaluation.ma_fast must be shorter than evaluation.ma_slow")
 
 
-def _validate_node(value: Any, default: Any, key: str, source: str) -> None:
-    if isinstance(default, dict) and key not in FREE_FORM:
+def _validate_node(value: Any, default: Any, key: str, source: str, schema: Schema) -> None:
+    if isinstance(default, dict) and key not in schema.free_form:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key or 'the config'} must be {_type_name(default)}, "
                               f"not {_type_name(value)}")
@@ -378,11 +351,11 @@ def _validate_node(value: Any, default: Any, key: str, source: str) -> None:
                 hint = difflib.get_close_matches(sub, list(default), n=1)
                 extra = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(default)}"
                 raise ConfigError(f"{source}: unknown key {dotted!r}{extra}")
-            _validate_node(sub_value, default[sub], dotted, source)
+            _validate_node(sub_value, default[sub], dotted, source, schema)
         return
-    if key in FREE_FORM and not isinstance(value, dict):
+    if key in schema.free_form and not isinstance(value, dict):
         raise ConfigError(f"{source}: {key} must be an object")
-    check = CHECKS.get(key)
+    check = schema.checks.get(key)
     if default is not None and not _same_kind(value, default):
         raise ConfigError(f"{source}: {key} = {value!r} must be {_type_name(default)}, not {_type_name(value)}")
     if check is not None:
@@ -424,9 +397,11 @@ def _normalise_numbers(cfg: dict[str, Any], default: dict[str, Any]) -> None:
             cfg[key] = [float(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in value]
 
 
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-                required: bool = False) -> dict[str, Any]:
+def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None, required: bool,
+                schema: Schema) -> dict[str, Any]:
     """Defaults, overridden by the config file (when it exists), overridden by ``overrides``.
+
+    The toolkit calls it through :func:`agents.config.load_config`, which passes the full schema.
 
     :param path: the config file; ``None`` means ``./training_config.json``.
     :param overrides: a nested dict from command-line flags; ``None`` values are ignored.
@@ -439,21 +414,23 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
             file_values = json.loads(config_file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{config_file}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
-                              "fix it or recreate it with `python automate_training.py --create-config --force`")
+                              "fix it or recreate it with `python automate_training.py --create-config --force`"
+                              ) from None
         except OSError as exc:
-            raise ConfigError(f"{config_file}: cannot be read: {exc.strerror}")
+            raise ConfigError(f"{config_file}: cannot be read: {exc.strerror}") from None
         if not isinstance(file_values, dict):
             raise ConfigError(f"{config_file}: must hold a JSON object at the top level")
     elif required or path is not None:
         raise ConfigError(f"{config_file}: no such config file; create one with "
                           "`python automate_training.py --create-config`")
-    cfg = deep_merge(DEFAULTS, file_values)
-    _normalise_numbers(cfg, DEFAULTS)
-    validate(cfg, source=str(config_file.name if path is None else config_file))
+    defaults = dict(schema.defaults)
+    cfg = deep_merge(defaults, file_values)
+    _normalise_numbers(cfg, defaults)
+    validate(cfg, schema, source=str(config_file.name if path is None else config_file))
     if overrides:
         cfg = deep_merge(cfg, _drop_none(overrides))
-        _normalise_numbers(cfg, DEFAULTS)
-        validate(cfg, source="command line")
+        _normalise_numbers(cfg, defaults)
+        validate(cfg, schema, source="command line")
     return cfg
 
 
@@ -469,5 +446,5 @@ def _drop_none(tree: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_default_config(path: str | Path) -> None:
-    atomic_write_json(path, DEFAULTS)
+def write_default_config(path: str | Path, schema: Schema) -> None:
+    atomic_write_json(path, schema.defaults)

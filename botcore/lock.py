@@ -18,14 +18,14 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from botcore import paths
+from botcore.signals import StopFlag
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +65,12 @@ class WorkspaceLock:
         return self._fd is not None
 
     def acquire(self, wait_seconds: float = 0.0, poll_seconds: float = 0.2, detail: str = "",
-                stop: threading.Event | None = None, on_wait: Callable[[dict[str, Any] | None], None] | None = None
+                stop: StopFlag | None = None, on_wait: Callable[[dict[str, Any] | None], None] | None = None
                 ) -> bool:
         """Take the lock, waiting up to ``wait_seconds`` (``float("inf")`` = until free or ``stop`` is set).
 
         :param detail: a short description of what the holder does (shown by ``--status``).
-        :param stop: give up early when this event is set.
+        :param stop: give up early when a stop is requested.
         :param on_wait: called once with the current holder's info when the lock is busy.
         :return: True when acquired, False when it stayed busy.
         """
@@ -92,7 +92,7 @@ class WorkspaceLock:
                     on_wait(self.holder())
                     told = True
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or (stop is not None and stop.is_set()):
+                if remaining <= 0 or (stop is not None and stop.requested):
                     os.close(fd)
                     return False
                 pause = min(poll_seconds, remaining)
@@ -111,7 +111,7 @@ class WorkspaceLock:
             logger.warning("taking over stale lock %s left by pid %s (%s since %s), which is no longer running",
                            self.path, previous.get("pid"), previous.get("role"), previous.get("since"))
         info = {"pid": os.getpid(), "role": self.role, "detail": detail, "host": socket.gethostname(),
-                "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "since": datetime.now(UTC).isoformat(timespec="seconds")}
         payload = (json.dumps(info) + "\n").encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, payload, 0)

@@ -54,6 +54,26 @@ def setup_logging(script: str, quiet: bool = False, verbose: bool = False, max_b
     console.addFilter(lambda record: not record.name.startswith("yfinance"))
     root.addHandler(file_handler)
     root.addHandler(console)
+    _quiet_noisy_loggers()
+    return log_file
+
+
+def _quiet_noisy_loggers() -> None:
     for noisy in ("matplotlib", "PIL", "urllib3", "yfinance", "peewee", "optuna", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return log_file
+
+
+def setup_worker_logging(log_file: str | None, quiet: bool) -> None:
+    """Logging in a worker process: append to the session's log file (lines tagged with the pid), and
+    warnings (INFO unless ``quiet``) on the console."""
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG)
+    if log_file:
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setFormatter(logging.Formatter(_FILE_FORMAT.replace("%(name)s", "[pid %(process)d] %(name)s")))
+        root.addHandler(handler)
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root.addHandler(console)
+    _quiet_noisy_loggers()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from botcore.symbols import safe_name
+
 CODE_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DATA_DIR = CODE_ROOT / "sample_data"
 CONFIG_FILE = "training_config.json"
@@ -36,12 +38,8 @@ def config_path() -> Path:
 
 def split_path(symbol: str, interval: str, split: str) -> Path:
     """``data/{SYMBOL}_{INTERVAL}_{split}_data.csv`` (split is train, val or test)."""
-    from botcore.symbols import safe_name
-
     return data_dir() / f"{safe_name(symbol)}_{interval}_{split}_data.csv"
 
 
 def manifest_path(symbol: str, interval: str) -> Path:
-    from botcore.symbols import safe_name
-
     return data_dir() / f"{safe_name(symbol)}_{interval}_manifest.json"

@@ -20,7 +20,8 @@ GAP_DAYS = 4.0  # a pause longer than this (more than a weekend plus a holiday) 
 MAD_TO_SIGMA = 1.4826  # MAD * 1.4826 estimates the standard deviation of normal data
 
 
-def clean_ohlcv(frame: pd.DataFrame, symbol: str = "", mad_threshold: float = 8.0) -> tuple[pd.DataFrame, dict[str, Any]]:
+def clean_ohlcv(frame: pd.DataFrame, symbol: str = "",
+                mad_threshold: float = 8.0) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Sort, deduplicate, repair or reject bad rows; flag return outliers.
 
     - duplicate timestamps: the last row wins;

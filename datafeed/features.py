@@ -12,7 +12,7 @@ import logging
 import numpy as np
 import pandas as pd
 from ta.momentum import RSIIndicator, StochasticOscillator
-from ta.trend import ADXIndicator, CCIIndicator, MACD
+from ta.trend import MACD, ADXIndicator, CCIIndicator
 from ta.volatility import AverageTrueRange, BollingerBands
 from ta.volume import OnBalanceVolumeIndicator
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import re
 import time
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -255,7 +256,7 @@ _sleep: Callable[[float], None] = time.sleep  # tests replace it to run retries 
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _fetch_yfinance(symbol: str, interval: str, start: datetime, end: datetime | None) -> pd.DataFrame:
@@ -263,8 +264,8 @@ def _fetch_yfinance(symbol: str, interval: str, start: datetime, end: datetime |
     import yfinance as yf
 
     if interval != "1d":  # intraday times here are naive UTC; yfinance reads naive times as exchange-local
-        start = start.replace(tzinfo=timezone.utc) if start.tzinfo is None else start
-        end = end.replace(tzinfo=timezone.utc) if end is not None and end.tzinfo is None else end
+        start = start.replace(tzinfo=UTC) if start.tzinfo is None else start
+        end = end.replace(tzinfo=UTC) if end is not None and end.tzinfo is None else end
     # Daily: start is an exchange date (the store keeps exchange dates) and end is a date or None (= now).
     return yf.Ticker(symbol).history(start=start, end=end, interval=interval, auto_adjust=AUTO_ADJUST,
                                      actions=False, prepost=False, repair=False)

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -184,7 +184,7 @@ def write_splits(prepared: Prepared, symbol: str, interval: str, source_info: di
         "interval": interval,
         "source": source_info.get("source"),
         "market": infer_market(symbol),
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "ranges": ranges,
         "feature_columns": [c for c in prepared.splits["train"].columns if c.startswith("f_")],
         "normalisation": prepared.normalisation,
@@ -202,44 +202,3 @@ def write_splits(prepared: Prepared, symbol: str, interval: str, source_info: di
     manifest["manifest_hash"] = manifest_hash(manifest)
     atomic_write_json(paths.manifest_path(symbol, interval), manifest)
     return manifest
-
-
-def _make_hint(symbol: str, interval: str) -> str:
-    return f"`python data_pipeline.py --symbols {symbol} --interval {interval}`"
-
-
-def load_manifest(symbol: str, interval: str) -> dict[str, Any]:
-    """The manifest of a prepared symbol; DataError when missing, unreadable or edited."""
-    path = paths.manifest_path(symbol, interval)
-    if not path.exists():
-        raise DataError(f"{path.relative_to(paths.workspace())} not found; prepare the data with "
-                        f"{_make_hint(symbol, interval)}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc}); rerun {_make_hint(symbol, interval)}") from exc
-    if manifest.get("manifest_hash") != manifest_hash(manifest):
-        raise DataError(f"{path}: its content does not match its manifest_hash (edited or corrupt); "
-                        f"rerun {_make_hint(symbol, interval)}")
-    return manifest
-
-
-def load_split(symbol: str, interval: str, split: str) -> pd.DataFrame:
-    """One prepared split: a DatetimeIndex named ``timestamp``, OHLCV, then the ``f_*`` features.
-
-    When the manifest exists the file's sha256 must match it (DataError otherwise).
-    """
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; use train, val or test")
-    path = paths.split_path(symbol, interval, split)
-    if not path.exists():
-        raise DataError(f"{path.relative_to(paths.workspace())} not found; prepare the data with "
-                        f"{_make_hint(symbol, interval)}")
-    if paths.manifest_path(symbol, interval).exists():
-        expected = load_manifest(symbol, interval)["hashes"].get(split)
-        if expected != sha256_file(path):
-            raise DataError(f"{path}: does not match its manifest (changed since it was written); "
-                            f"rerun {_make_hint(symbol, interval)}")
-    frame = pd.read_csv(path, index_col="timestamp", parse_dates=["timestamp"])
-    frame.index = pd.DatetimeIndex(frame.index, name="timestamp")
-    return frame

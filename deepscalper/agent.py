@@ -1,9 +1,12 @@
 """The DeepScalper agent (Sun et al., CIKM 2022): a Branching Dueling Q-Network trained off-policy from
 prioritized replay, with the hindsight bonus in the training reward and a volatility auxiliary task.
 
+The algorithm is ``deepscalper_loss``: branch TD targets, dueling Q values, the importance-weighted TD loss plus
+eta times the volatility loss, and the new replay priorities, in one function with the formulas in its docstring.
 The training loop in ``learn`` reads top to bottom: act epsilon-greedily per branch, step the env, turn the last
 n rewards into an n-step transition, store it, and every ``train_freq`` steps run ``gradient_steps`` updates of
-``_train_step`` (the algorithm). Everything else is plumbing: schedules, logging, checkpoints.
+``_train_step`` (the loss, torch's Adam, a target update on schedule). Everything else is plumbing: schedules,
+logging, checkpoints.
 """
 from __future__ import annotations
 
@@ -18,17 +21,19 @@ import time
 import zipfile
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from gymnasium import spaces
 
 from botcore.atomic import atomic_path, to_jsonable
 from botcore.errors import ModelFileError, UserError
 from deepscalper.config import DeepScalperConfig
-from deepscalper.networks import DeepScalperNet, pair_parameters
+from deepscalper.networks import DeepScalperNet
 from deepscalper.replay import PrioritizedReplayBuffer, ReplayBuffer
 
 logger = logging.getLogger(__name__)
@@ -69,6 +74,91 @@ def _gen_from_state(state: dict[str, Any]) -> np.random.Generator:
     gen = np.random.Generator(getattr(np.random, state["bit_generator"])())
     gen.bit_generator.state = state
     return gen
+
+
+# --- the algorithm: DeepScalper's loss on one replay batch -----------------------------------------------
+
+
+@dataclass
+class LossTerms:
+    """What ``deepscalper_loss`` returns: the loss to differentiate and the numbers the plumbing needs."""
+
+    loss: torch.Tensor
+    """L = L_q + eta * L_vol, a scalar whose graph reaches the online network's parameters."""
+    loss_q: torch.Tensor
+    """L_q, the importance-weighted TD loss (detached)."""
+    loss_vol: torch.Tensor | None
+    """L_vol, the volatility loss (detached); None when eta = 0 or no transition in the batch has a target."""
+    q_taken: torch.Tensor
+    """Q_d(s, a_d) of the online network, (branches, B), detached."""
+    priorities: torch.Tensor
+    """New PER priorities |delta| per transition, (B,): the buffer adds eps and raises them to alpha."""
+
+
+def deepscalper_loss(q_net: DeepScalperNet, q_target: DeepScalperNet, *, obs: torch.Tensor, actions: torch.Tensor,
+                     returns: torch.Tensor, next_obs: torch.Tensor, discounts: torch.Tensor, weights: torch.Tensor,
+                     vol_targets: torch.Tensor, aux_weight: float) -> LossTerms:
+    """DeepScalper's objective (Sun et al., CIKM 2022) on a batch of B n-step transitions with D action branches.
+
+    In the paper's order, for transition b and branch d (price offset, quantity), with theta the online
+    network ``q_net`` and theta^- the target network ``q_target``:
+
+    1. Dueling aggregation (``DeepScalperNet.heads``): one shared state value and one advantage head per branch::
+
+           Q_d(s, a) = V(s) + A_d(s, a) - mean_a' A_d(s, a')
+
+    2. Branch TD targets, one per branch (BDQ's "independent" targets, Tavakoli et al. 2018: each branch takes
+       the max of its own Q_d, and the shared V(s') enters every branch's target through step 1)::
+
+           y_{d,b} = R_b + g_b * max_a' Q_d(s'_b, a'; theta^-)
+
+       with R_b the n-step return sum_k gamma^k r_{t+k} (the hindsight bonus is in r) and g_b = gamma^n, or
+       0 when the episode terminated within the n steps. No gradient flows through y.
+    3. The Q loss, mean over branches and batch, each transition weighted by its PER importance weight
+       w_b = (N P(b))^-beta / max_j w_j::
+
+           L_q = 1 / (D B) * sum_{d,b} w_b * (y_{d,b} - Q_d(s_b, a_{d,b}; theta))^2
+
+    4. The auxiliary risk-aware task: the volatility head's forecast sigma_hat against the realised future
+       volatility sigma (already divided by the agent's ``vol_scale``), over the set K of transitions whose
+       future is known; the total loss::
+
+           L_vol = 1 / |K| * sum_{b in K} (sigma_hat(s_b; theta) - sigma_b)^2
+           L = L_q + eta * L_vol
+
+    5. New priorities for the replay buffer: p_b = 1 / D * sum_d |y_{d,b} - Q_d(s_b, a_{d,b})|.
+
+    :param obs: (B, obs_dim) float32; ``next_obs`` the observations n steps later (or at the episode's end).
+    :param actions: (D, B) int64, the sub-action taken in each branch.
+    :param returns: (B,) n-step returns R; ``discounts`` (B,) the bootstrap factors g.
+    :param weights: (B,) PER importance weights (ones for uniform replay).
+    :param vol_targets: (B,) scaled future volatility, NaN where unknown (near the end of the data).
+    :param aux_weight: eta (0 = no auxiliary task).
+    """
+    # 1. dueling Q values (and the volatility forecast) of the online network at s, with a graph
+    q, vol_pred = q_net.heads(q_net.embed(obs))  # (D, B, n), (B,)
+    # 2. branch TD targets from the target network at s', without a graph (a smaller branch's padded
+    #    sub-actions hold -1e9 and never win the max)
+    with torch.no_grad():
+        targets = returns + discounts * q_target(next_obs).max(dim=2).values  # (D, B)
+    # 3. importance-weighted TD loss at the sub-actions taken
+    q_taken = q.gather(2, actions.unsqueeze(2)).squeeze(2)  # (D, B)
+    td = targets - q_taken
+    loss_q = (weights * td.pow(2)).mean()
+    # 4. auxiliary volatility loss, L = L_q + eta * L_vol
+    loss, loss_vol = loss_q, None
+    known = torch.isfinite(vol_targets)
+    if aux_weight > 0 and bool(known.any()):
+        loss_vol = F.mse_loss(vol_pred[known], vol_targets[known])
+        loss = loss_q + aux_weight * loss_vol
+        loss_vol = loss_vol.detach()
+    # 5. new priorities
+    priorities = td.detach().abs().mean(dim=0)
+    return LossTerms(loss=loss, loss_q=loss_q.detach(), loss_vol=loss_vol, q_taken=q_taken.detach(),
+                     priorities=priorities)
+
+
+# --- the agent: acting, replay, schedules, checkpoints (plumbing around the loss) -------------------------
 
 
 class DeepScalper:
@@ -120,12 +210,8 @@ class DeepScalper:
         self.q_target = DeepScalperNet(*net_args).to(self.device)
         self.q_target.load_state_dict(self.q_net.state_dict())
         self.q_target.requires_grad_(False)
-        # fused path: online and target weights live in stacked tensors ([0] online, [1] target) so that one
-        # batched pass computes Q(obs) and Q_target(next_obs); the target stays a separate, synced copy
-        self._stacks = pair_parameters(self.q_net, self.q_target) if self.q_net.fused else None
-        self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=cfg.learning_rate, fused=True)
-        self._online_params = list(self.q_net.parameters())
-        self._target_params = list(self.q_target.parameters())
+        self._params = list(self.q_net.parameters())
+        self.optimizer = torch.optim.Adam(self._params, lr=cfg.learning_rate, fused=True)
         self.replay_buffer: ReplayBuffer | None = None
         self.num_timesteps = 0
         self.n_updates = 0
@@ -139,9 +225,6 @@ class DeepScalper:
         self._pending: deque[tuple[np.ndarray, np.ndarray, float, float]] = deque()
         self._episode = {"reward": 0.0, "pnl": 0.0, "length": 0}
         self._warned_no_vol = False
-        self._act_input: torch.Tensor | None = None
-        self._adam_lists: tuple[list[torch.Tensor], ...] | None = None  # set by the first _adam_step
-        self._batch_views: tuple[np.ndarray, dict[str, torch.Tensor]] | None = None
         self._stats: dict[str, list[float]] = {k: [] for k in ("td", "aux", "q", "ep_reward", "ep_pnl", "ep_len")}
 
     def set_env(self, env: Any) -> None:
@@ -164,28 +247,13 @@ class DeepScalper:
 
     # --- acting -------------------------------------------------------------------------------------
 
-    def _q(self, obs: torch.Tensor) -> torch.Tensor:
-        """Q values (branches, B, n) of the online net, without a graph (the fused path for mingru)."""
-        if self.q_net.fused:
-            return self.q_net.forward_fused(obs)[0]
-        with torch.inference_mode():
-            return self.q_net(obs)
-
     def _greedy(self, obs: np.ndarray) -> np.ndarray:
         """Greedy sub-action per branch for a batch (B, obs_dim) -> (B, len(nvec))."""
-        best = self._q(torch.as_tensor(obs, dtype=torch.float32, device=self.device)).argmax(dim=2).T.cpu().numpy()
+        with torch.inference_mode():
+            q = self.q_net(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
+        best = q.argmax(dim=2).T.cpu().numpy()
         if self.config.single_branch:
             return np.stack(np.unravel_index(best[:, 0], self.nvec), axis=1).astype(np.int64)
-        return best.astype(np.int64)
-
-    def _act_greedy(self, obs: np.ndarray) -> np.ndarray:
-        """``_greedy`` for ONE observation while training: copied into a reused input tensor."""
-        if self._act_input is None:
-            self._act_input = torch.zeros(1, self.spaces["obs_dim"])
-        self._act_input.numpy()[0] = obs
-        best = self._q(self._act_input)[:, 0].argmax(dim=1).numpy()
-        if self.config.single_branch:
-            return np.array(np.unravel_index(int(best[0]), self.nvec), dtype=np.int64)
         return best.astype(np.int64)
 
     def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None,
@@ -262,111 +330,49 @@ class DeepScalper:
             self._pending.popleft()
 
     def _train_step(self) -> None:
-        """One gradient update: per-branch TD targets from the target net, loss averaged over branches,
-        importance-weighted; plus eta * MSE of the volatility head on transitions with a future-vol target.
-
-        With the mingru encoder the networks run their fused path (``forward_fused``/``backward_fused``: the
-        same function and gradients, without an autograd graph); otherwise autograd differentiates the loss.
-        """
+        """One gradient update: ``deepscalper_loss`` on a replay batch (the algorithm), then plumbing: clip the
+        gradient norm, step Adam, write the new priorities back, update the target network on schedule."""
         cfg = self.config
-        net = self.q_net
         batch = self.replay_buffer.sample(cfg.batch_size, self._rng, self._beta())
-        if self._batch_views is None or self._batch_views[0] is not batch.obs:  # the buffer reuses its arrays
-            self._batch_views = (batch.obs, {name: torch.from_numpy(getattr(batch, name)) for name in
-                                             ("obs", "next_obs", "returns", "discounts", "weights", "obs_pair")})
-        t = self._batch_views[1]
-        if cfg.single_branch:
-            actions = torch.from_numpy(np.ravel_multi_index(tuple(batch.actions.T), self.nvec)[None, :, None])
+        aux_weight = cfg.aux_weight if cfg.use_aux else 0.0
+        if aux_weight > 0 and self.vol_scale is None and np.isfinite(batch.vol_targets).any():
+            # the head predicts volatility in units of its mean in the buffer, fixed once (saved with the model)
+            scale = self.replay_buffer.mean_vol_target()
+            self.vol_scale = scale if math.isfinite(scale) and scale > 0 else 1.0
+        if cfg.single_branch:  # the ablation's one branch indexes the joint (price, quantity) action
+            actions = np.ravel_multi_index(tuple(batch.actions.T), self.nvec)[None]
         else:
-            actions = torch.from_numpy(batch.actions).T[:, :, None]  # (branches, B, 1)
-        if net.fused:  # online(obs) and target(next_obs) in one stacked pass; gradients for the online half
-            q_pair, vol_pair, cache = net.forward_pair(self._stacks, t["obs_pair"], keep=True)
-            q, vol_pred, next_q = q_pair[0], vol_pair[0], q_pair[1]
-        else:
-            with torch.no_grad():
-                next_q = self.q_target(t["next_obs"])
-            (q, vol_pred), cache = net.heads(net.embed(t["obs"])), None
-        with torch.no_grad():  # y_d = R + gamma^k * max_a Q_target_d(s', a), one target per branch
-            targets = torch.addcmul(t["returns"], t["discounts"], next_q.max(dim=2).values)
-        q_taken = q.gather(2, actions).squeeze(2)  # (branches, B)
-        td = targets - q_taken
-        loss_td = (t["weights"] * td.pow(2)).mean()  # mean over branches and batch
-        loss = loss_td
-        loss_aux = float("nan")
-        d_vol = None
-        if cfg.use_aux and cfg.aux_weight > 0:
-            valid = np.isfinite(batch.vol_targets)
-            n_valid = int(valid.sum())
-            if self.vol_scale is None and n_valid:
-                scale = self.replay_buffer.mean_vol_target()
-                self.vol_scale = scale if math.isfinite(scale) and scale > 0 else 1.0
-            if n_valid:  # MSE over the transitions whose future volatility is known (nan near the data's end)
-                target_vol = np.where(valid, batch.vol_targets / np.float32(self.vol_scale or 1.0), 0.0)
-                err = (vol_pred - torch.from_numpy(target_vol.astype(np.float32))) * torch.from_numpy(valid)
-                aux = err.pow(2).sum() / n_valid
-                loss = loss + cfg.aux_weight * aux
-                loss_aux = float(aux.detach())
-                if cache is not None:
-                    d_vol = err * (2.0 * cfg.aux_weight / n_valid)
-        if cache is None:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-        else:  # d loss / d q_taken = -2 w td / (branches * B)
-            net.backward_fused(cache, actions, td * t["weights"] * (-2.0 / td.numel()), d_vol)
-        self._clip_gradients()
-        self._adam_step()
-        td_abs = td.detach().abs().mean(dim=0).numpy()
-        self.replay_buffer.update_priorities(batch.indices, td_abs)
+            actions = batch.actions.T
+
+        def tensor(array: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(array, device=self.device)
+
+        terms = deepscalper_loss(
+            self.q_net, self.q_target, obs=tensor(batch.obs), actions=tensor(actions),
+            returns=tensor(batch.returns), next_obs=tensor(batch.next_obs), discounts=tensor(batch.discounts),
+            weights=tensor(batch.weights), vol_targets=tensor(batch.vol_targets / np.float32(self.vol_scale or 1.0)),
+            aux_weight=aux_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.loss.backward()
+        torch.nn.utils.clip_grad_norm_(self._params, cfg.max_grad_norm, foreach=True)
+        self.optimizer.step()
+        self.replay_buffer.update_priorities(batch.indices, terms.priorities.cpu().numpy())
         self.n_updates += 1
         if self.n_updates % cfg.target_update_interval == 0:
             self._update_target()
-        self._stats["td"].append(float(loss_td.detach()))
-        self._stats["aux"].append(loss_aux)
-        self._stats["q"].append(float(q_taken.detach().mean()))
-
-    def _clip_gradients(self) -> None:
-        """Scale the gradients so that their global L2 norm is at most ``max_grad_norm`` (as torch's
-        clip_grad_norm_, in four foreach ops)."""
-        flat = self.q_net.flat_grad if self.q_net.fused else None
-        if flat is not None:  # the fused path's gradients are views of one flat buffer
-            flat.mul_(torch.clamp(self.config.max_grad_norm / (torch.linalg.vector_norm(flat) + 1e-6), max=1.0))
-            return
-        grads = [p.grad for p in self._online_params]
-        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        torch._foreach_mul_(grads, torch.clamp(self.config.max_grad_norm / (total + 1e-6), max=1.0))
-
-    def _adam_step(self) -> None:
-        """``self.optimizer.step()``: the first call goes through torch's Adam (it creates the state); later
-        calls run the same fused Adam kernel directly on lists of the optimizer's own state tensors (so its
-        state_dict stays current), skipping the per-call Python overhead of ``Optimizer.step``."""
-        opt = self.optimizer
-        group = opt.param_groups[0]
-        if self._adam_lists is None:
-            opt.step()
-            if (len(opt.param_groups) == 1 and group["fused"]
-                    and not (group["amsgrad"] or group["maximize"] or group["decoupled_weight_decay"])):
-                states = [opt.state[p] for p in group["params"]]
-                self._adam_lists = (group["params"], [s["exp_avg"] for s in states],
-                                    [s["exp_avg_sq"] for s in states], [s["step"] for s in states])
-            return
-        params, exp_avgs, exp_avg_sqs, steps = self._adam_lists
-        grads = [p.grad for p in params]
-        if any(g is None for g in grads):  # torch's Adam skips such parameters
-            opt.step()
-            return
-        beta1, beta2 = group["betas"]
-        torch._foreach_add_(steps, 1)
-        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
-                           lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
-                           eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
+        self._stats["td"].append(float(terms.loss_q))
+        self._stats["aux"].append(float("nan") if terms.loss_vol is None else float(terms.loss_vol))
+        self._stats["q"].append(float(terms.q_taken.mean()))
 
     def _update_target(self) -> None:
         """Hard copy (tau = 1) or Polyak averaging target <- target + tau * (online - target)."""
+        tau = self.config.tau
         with torch.no_grad():
-            if self.config.tau >= 1.0:
-                torch._foreach_copy_(self._target_params, self._online_params)
-            else:
-                torch._foreach_lerp_(self._target_params, self._online_params, self.config.tau)
+            for target, online in zip(self.q_target.parameters(), self.q_net.parameters()):
+                if tau >= 1.0:
+                    target.copy_(online)
+                else:
+                    target.lerp_(online, tau)
         self.n_target_updates += 1
 
     def learn(self, total_timesteps: int, callback: Callable[[dict[str, Any]], bool] | Any = None,
@@ -417,7 +423,7 @@ class DeepScalper:
                 if self._rng.random() < self.exploration_rate:
                     action = self._rng.integers(0, nvec)
                 else:
-                    action = self._act_greedy(obs)
+                    action = self._greedy(obs[None])[0]
                 next_obs, reward, terminated, truncated, info = env.step(action)
                 next_obs = np.asarray(next_obs, dtype=np.float32)
                 self.num_timesteps += 1
@@ -512,11 +518,10 @@ class DeepScalper:
             "rng": {"agent": _gen_state(self._rng), "python": [py_state[0], list(py_state[1]), py_state[2]],
                     "env": env_rng},
             "has_buffer": bool(include_buffer and self.replay_buffer is not None),
-            "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
+            "versions": {"torch": torch.version.__version__, "numpy": np.__version__,
+                         "python": platform.python_version()},
         }
-        # cloned: the fused path's parameters are views of stacked (online, target) tensors
-        states = {"policy.pth": {k: v.clone() for k, v in self.q_net.state_dict().items()},
-                  "target_policy.pth": {k: v.clone() for k, v in self.q_target.state_dict().items()},
+        states = {"policy.pth": self.q_net.state_dict(), "target_policy.pth": self.q_target.state_dict(),
                   "optimizer.pth": self.optimizer.state_dict(), "torch_rng.pth": {"cpu": torch.get_rng_state()}}
         with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
             zf.writestr(_META, json.dumps(to_jsonable(meta), indent=1))

@@ -1,8 +1,8 @@
-"""DeepScalper hyperparameters: one dataclass field per key of ``botcore.config.DEFAULTS["deepscalper"]``.
+"""DeepScalper hyperparameters: one dataclass field per setting, each with its default and a one-line docstring.
 
-The defaults are read from ``DEFAULTS`` so that the config file, the flags and the agent can never disagree.
-Fields after ``single_branch`` are run settings that do not live in training_config.json (seed, device,
-logging, the micro window).
+The agent owns its defaults. The fields up to ``single_branch`` form the ``deepscalper`` section of
+training_config.json (:data:`CONFIG_DEFAULTS`, checked on load by :data:`CONFIG_CHECKS`); the fields after it
+are run settings that do not live in the config file (seed, device, logging, the micro window).
 """
 from __future__ import annotations
 
@@ -11,68 +11,66 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
-from botcore.config import DEFAULTS
+from botcore.config import check_choice, check_non_negative, check_positive
 from botcore.errors import ConfigError
-
-_D = DEFAULTS["deepscalper"]
 
 
 @dataclass
 class DeepScalperConfig:
     """Every hyperparameter of the agent (Sun et al., CIKM 2022, with the settings of REFERENCES.md section 1)."""
 
-    hidden_size: int = _D["hidden_size"]
+    hidden_size: int = 64
     """Width of every encoder and head layer (paper: 32, 64 or 128)."""
-    rnn: str = _D["rnn"]
+    rnn: str = "mingru"
     """Micro encoder: "mingru" (a GRU whose gates read the current bar only, evaluated in parallel over the
     sequence: the fastest to train on a CPU), or torch's "gru" / "lstm" cells."""
-    learning_rate: float = _D["learning_rate"]
+    learning_rate: float = 1e-4
     """Adam step size (paper: 1e-5 .. 1e-3)."""
-    gamma: float = _D["gamma"]
+    gamma: float = 0.99
     """Discount factor."""
-    batch_size: int = _D["batch_size"]
+    batch_size: int = 64
     """Transitions per gradient update."""
-    buffer_size: int = _D["buffer_size"]
+    buffer_size: int = 100000
     """Replay capacity in transitions."""
-    learning_starts: int = _D["learning_starts"]
+    learning_starts: int = 1000
     """Env steps collected before the first gradient update."""
-    train_freq: int = _D["train_freq"]
+    train_freq: int = 1
     """Env steps between training rounds."""
-    gradient_steps: int = _D["gradient_steps"]
+    gradient_steps: int = 1
     """Gradient updates per training round."""
-    target_update_interval: int = _D["target_update_interval"]
+    target_update_interval: int = 500
     """Gradient updates between target-network updates."""
-    tau: float = _D["tau"]
+    tau: float = 1.0
     """Target update: 1.0 = hard copy, < 1 = Polyak averaging target <- tau * online + (1 - tau) * target."""
-    n_step: int = _D["n_step"]
+    n_step: int = 1
     """Length of the n-step return in the TD target (1 = one-step Q-learning)."""
-    max_grad_norm: float = _D["max_grad_norm"]
+    max_grad_norm: float = 10.0
     """Global gradient norm clip."""
-    prioritized_replay: bool = _D["prioritized_replay"]
+    prioritized_replay: bool = True
     """Prioritized experience replay (sum tree) when true, uniform replay when false."""
-    per_alpha: float = _D["per_alpha"]
+    per_alpha: float = 0.6
     """Priority exponent: P(i) = p_i^alpha / sum_k p_k^alpha."""
-    per_beta: float = _D["per_beta"]
+    per_beta: float = 0.4
     """Initial importance-sampling exponent, annealed linearly to 1 over the planned training steps."""
-    exploration_initial_eps: float = _D["exploration_initial_eps"]
+    exploration_initial_eps: float = 1.0
     """Epsilon at the first step."""
-    exploration_final_eps: float = _D["exploration_final_eps"]
+    exploration_final_eps: float = 0.1
     """Epsilon after the exploration fraction of the planned steps."""
-    exploration_fraction: float = _D["exploration_fraction"]
+    exploration_fraction: float = 0.5
     """Fraction of the planned steps over which epsilon decays linearly."""
-    hindsight_weight: float = _D["hindsight_weight"]
+    hindsight_weight: float = 0.1
     """w of the hindsight bonus w * (p_{t+h} - p_t) * pos_t, paid by the TRAINING env only (paper: 0.1)."""
-    hindsight_horizon: int = _D["hindsight_horizon"]
+    hindsight_horizon: int = 5
     """h of the hindsight bonus, in bars."""
-    aux_weight: float = _D["aux_weight"]
+    aux_weight: float = 1.0
     """eta: weight of the volatility auxiliary loss, L = L_q + eta * L_vol (paper: 1.0)."""
-    vol_horizon: int = _D["vol_horizon"]
+    vol_horizon: int = 5
     """Bars of FUTURE log returns whose standard deviation the auxiliary head predicts."""
-    use_hindsight: bool = _D["use_hindsight"]
+    use_hindsight: bool = True
     """Ablation switch: false = train without the hindsight bonus (see training_env_overrides)."""
-    use_aux: bool = _D["use_aux"]
+    use_aux: bool = True
     """Ablation switch: false = no volatility auxiliary task."""
-    single_branch: bool = _D["single_branch"]
+    single_branch: bool = False
     """Ablation switch: one dueling head over the joint (price, quantity) actions instead of two branches."""
     # --- run settings (not in training_config.json) ---
     micro_window: int = 8
@@ -143,3 +141,31 @@ def training_env_overrides(config: DeepScalperConfig) -> dict[str, Any]:
         "hindsight_horizon": config.hindsight_horizon if config.use_hindsight else 0,
         "vol_horizon": config.vol_horizon if config.use_aux else 0,
     }
+
+
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(DeepScalperConfig))[
+    :[f.name for f in dataclasses.fields(DeepScalperConfig)].index("single_branch") + 1]
+CONFIG_DEFAULTS: dict[str, Any] = {name: getattr(DeepScalperConfig(), name) for name in CONFIG_KEYS}
+"""The ``deepscalper`` section of training_config.json with its defaults."""
+
+
+def _unit_interval(v: Any) -> str | None:
+    return None if 0 <= v <= 1 else "must be between 0 and 1"
+
+
+def _half_open_unit(v: Any) -> str | None:
+    return None if 0 < v <= 1 else "must be in (0, 1]"
+
+
+CONFIG_CHECKS = {
+    "hidden_size": check_positive, "rnn": check_choice("mingru", "gru", "lstm"), "learning_rate": check_positive,
+    "gamma": _unit_interval, "batch_size": check_positive, "buffer_size": check_positive,
+    "learning_starts": check_non_negative, "train_freq": check_positive, "gradient_steps": check_positive,
+    "target_update_interval": check_positive, "tau": _half_open_unit, "n_step": check_positive,
+    "max_grad_norm": check_positive, "per_alpha": check_non_negative, "per_beta": _unit_interval,
+    "exploration_initial_eps": _unit_interval, "exploration_final_eps": _unit_interval,
+    "exploration_fraction": _half_open_unit, "hindsight_weight": check_non_negative,
+    "hindsight_horizon": check_positive, "aux_weight": check_non_negative, "vol_horizon": check_positive,
+}
+"""Value checks of the ``deepscalper`` section (key -> problem or None), used when the config file is loaded."""
+

@@ -21,7 +21,6 @@ class Batch:
     vol_targets: np.ndarray
     indices: np.ndarray
     weights: np.ndarray
-    obs_pair: np.ndarray | None = None  # (2, B, obs_dim): obs_pair[0] is obs, obs_pair[1] is next_obs
 
 
 class SumTree:
@@ -125,14 +124,13 @@ class ReplayBuffer:
 
     def _gather(self, idx: np.ndarray, weights: np.ndarray) -> Batch:
         """The transitions at ``idx``, copied into arrays reused by every batch of this size (a returned
-        Batch is valid until the next ``sample``: consumers such as the agent keep torch views of them)."""
+        Batch is valid until the next ``sample``)."""
         out = self._out
         if out is None or len(out.returns) != len(idx):
-            n = len(idx)
-            pair = np.empty((2, n, self.obs.shape[1]), np.float32)  # obs and next_obs side by side
-            out = self._out = Batch(pair[0], np.empty((n, self.actions.shape[1]), np.int64),
-                                    np.empty(n, np.float32), pair[1], np.empty(n, np.float32),
-                                    np.empty(n, np.float32), idx, np.empty(n, np.float32), pair)
+            n, obs_dim = len(idx), self.obs.shape[1]
+            out = self._out = Batch(np.empty((n, obs_dim), np.float32), np.empty((n, self.actions.shape[1]), np.int64),
+                                    np.empty(n, np.float32), np.empty((n, obs_dim), np.float32),
+                                    np.empty(n, np.float32), np.empty(n, np.float32), idx, np.empty(n, np.float32))
         for name in ("obs", "actions", "returns", "next_obs", "discounts", "vol_targets"):
             np.take(getattr(self, name), idx, axis=0, out=getattr(out, name))
         out.indices = idx

@@ -1,8 +1,7 @@
-"""Trading environments: a fast numpy env (TradingEnv), its batched SB3 VecEnv (TradingVecEnv), an env over
-backtrader's broker (BacktraderEnv), and run_backtest to run any policy over a split in either engine.
+"""Trading environments and their broker arithmetic: a fast numpy env (TradingEnv), its batched SB3 VecEnv
+(TradingVecEnv) and an env over backtrader's broker (BacktraderEnv), all reading MarketData and EnvConfig.
 
-TradingVecEnv, BacktraderEnv, run_backtest and BacktestResult load on first use (they import
-stable-baselines3 and backtrader).
+TradingVecEnv and BacktraderEnv load on first use (they import stable-baselines3 and backtrader).
 """
 from __future__ import annotations
 
@@ -13,11 +12,9 @@ from rl_env.config import EnvConfig
 from rl_env.data import MarketData
 from rl_env.trading_env import TradingEnv
 
-__all__ = ["MarketData", "EnvConfig", "TradingEnv", "TradingVecEnv", "BacktraderEnv", "run_backtest",
-           "BacktestResult"]
+__all__ = ["MarketData", "EnvConfig", "TradingEnv", "TradingVecEnv", "BacktraderEnv"]
 
-_LAZY = {"TradingVecEnv": "rl_env.vec_env", "BacktraderEnv": "rl_env.backtrader_env",
-         "run_backtest": "rl_env.backtest", "BacktestResult": "rl_env.backtest"}
+_LAZY = {"TradingVecEnv": "rl_env.vec_env", "BacktraderEnv": "rl_env.backtrader_env"}
 
 
 def __getattr__(name: str) -> Any:

@@ -123,17 +123,18 @@ class EnvConfig:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], action_mode: str = "discrete", training: bool = True,
-                    hindsight: bool = False, **overrides: Any) -> EnvConfig:
-        """Build from the resolved config tree (``botcore.config.load_config()``).
+                    **overrides: Any) -> EnvConfig:
+        """Build from the resolved config tree (``load_config()``): reads ``cfg["env"]`` and
+        ``cfg["data"]["costs"]``.
 
-        Reads ``cfg["env"]`` and ``cfg["data"]["costs"]``. ``training=False`` (evaluation) forces
-        hindsight off, ``episode_length=None`` and ``random_start=False``. The DeepScalper hindsight bonus
-        (``cfg["deepscalper"]`` hindsight_weight / hindsight_horizon) and the future-volatility target
-        (vol_horizon) are switched on only when ``training and hindsight`` (DeepScalper training asks for it).
+        ``training=False`` (evaluation and validation) runs the whole split from its first decision bar with no
+        training-only shaping: ``episode_length=None``, ``random_start=False``, no hindsight bonus and no
+        volatility target, whatever the overrides say. An agent that shapes its training env (DeepScalper's
+        hindsight bonus) passes its settings as overrides with ``training=True``.
 
         :param overrides: any EnvConfig field, applied last.
         """
-        env, costs, ds = cfg["env"], cfg["data"]["costs"], cfg.get("deepscalper", {})
+        env, costs = cfg["env"], cfg["data"]["costs"]
         kwargs: dict[str, Any] = dict(
             window=int(env["window"]), action_mode=action_mode, initial_cash=float(env["initial_cash"]),
             allow_short=bool(env["allow_short"]), max_position=float(env["max_position"]),
@@ -141,22 +142,17 @@ class EnvConfig:
             quantity_levels=tuple(env["quantity_levels"]), reward=env["reward"],
             episode_length=int(env["episode_length"]) if env.get("episode_length") else None,
             close_at_session_end=bool(env["close_at_session_end"]),
-            session_episodes=bool(env.get("session_episodes", True)),
+            session_episodes=bool(env["session_episodes"]),
             commission_rate=float(costs["commission_rate"]), commission_min=float(costs["commission_min"]),
             slippage_bps=float(costs["slippage_bps"]), spread_bps=float(costs["spread_bps"]),
-            random_start=training,
+            vol_window=int(env["vol_window"]), margin_leverage=float(env["margin_leverage"]),
+            rebalance_band=float(env["rebalance_band"]), risk_aversion=float(env["risk_aversion"]),
+            ruin_fraction=float(env["ruin_fraction"]), random_start=training,
         )
-        if training and hindsight:
-            if ds.get("use_hindsight", True):
-                kwargs["hindsight_weight"] = float(ds.get("hindsight_weight", 0.0))
-                kwargs["hindsight_horizon"] = int(ds.get("hindsight_horizon", 0))
-            if ds.get("use_aux", True):
-                kwargs["vol_horizon"] = int(ds.get("vol_horizon", 0))
-        if not training:
-            kwargs.update(episode_length=None, random_start=False)
         kwargs.update(overrides)
         if not training:
-            kwargs.update(hindsight_weight=0.0, hindsight_horizon=0)
+            kwargs.update(episode_length=None, random_start=False, hindsight_weight=0.0, hindsight_horizon=0,
+                          vol_horizon=0)
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:

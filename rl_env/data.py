@@ -6,19 +6,15 @@ boundaries) is computed here once.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from botcore import paths
 from botcore.errors import DataError
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
 FEATURE_PREFIX = "f_"
-_SPLIT_FILE_RE = re.compile(r"^(?P<symbol>.+)_(?P<interval>1m|5m|15m|30m|1h|1d)_(train|val|test)_data$")
 
 
 @dataclass
@@ -183,31 +179,3 @@ class MarketData:
         return cls(symbol, interval, stamps.to_numpy(dtype="datetime64[ns]"),
                    *(frame[c].to_numpy(dtype=np.float64) for c in PRICE_COLUMNS),
                    features=frame[names].to_numpy(dtype=np.float32), feature_names=names)
-
-    @classmethod
-    def from_csv(cls, path: str | Path, symbol: str | None = None, interval: str | None = None) -> MarketData:
-        """Read a split CSV; symbol and interval default to those in its name ``{SYM}_{INTERVAL}_{split}_data.csv``."""
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: no such file")
-        match = _SPLIT_FILE_RE.match(path.stem)
-        symbol = symbol if symbol is not None else (match["symbol"] if match else path.stem)
-        interval = interval if interval is not None else (match["interval"] if match else "1d")
-        try:
-            df = pd.read_csv(path)
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            raise DataError(f"{path}: unreadable CSV ({exc})") from exc
-        if "timestamp" not in df.columns:
-            raise DataError(f"{path}: first column must be 'timestamp'")
-        return cls.from_frame(df, symbol=symbol, interval=interval)
-
-    @classmethod
-    def from_split(cls, symbol: str, interval: str, split: str) -> MarketData:
-        """Load ``data/{SYM}_{INTERVAL}_{split}_data.csv`` written by data_pipeline.py."""
-        if split not in ("train", "val", "test"):
-            raise DataError(f"unknown split {split!r}; use train, val or test")
-        path = paths.split_path(symbol, interval, split)
-        if not path.is_file():
-            raise DataError(f"{path} not found; prepare it first with: "
-                            f"python data_pipeline.py --symbols {symbol} --interval {interval}")
-        return cls.from_csv(path, symbol=symbol, interval=interval)

@@ -11,12 +11,12 @@ from gymnasium import spaces
 from botcore.errors import DataError
 from rl_env.config import EnvConfig
 from rl_env.data import MarketData
+from rl_env.rewards import REWARD_CODES, hindsight_bonus, step_reward
 
 OBS_BOUND = 1e4  # observations are clipped to [-OBS_BOUND, OBS_BOUND] (finite bounds for the checkers)
 N_PRIVATE = 4
 _NAN = math.nan
 _INTS = (int, np.integer)
-_REWARD_CODES = {"equity": 0, "log_return": 1, "risk_adjusted": 2}
 
 
 # --- broker arithmetic (the rules of backtrader's BackBroker, on python floats) --------------------------
@@ -204,7 +204,7 @@ class TradingEnv(gym.Env):
         self._band = config.rebalance_band
         self._rate, self._min_fee = config.commission_rate, config.commission_min
         self._ruin_level = config.ruin_fraction * config.initial_cash
-        self._reward_code = _REWARD_CODES[config.reward]
+        self._reward_code = REWARD_CODES[config.reward]
         self._hindsight = config.hindsight_weight > 0.0
         self._mode = ("discrete", "multidiscrete", "box").index(config.action_mode)
         # step() runs the fused numpy engine unless a subclass brings its own broker (BacktraderEnv).
@@ -519,21 +519,13 @@ class TradingEnv(gym.Env):
         self.equity = equity
         pnl = equity - before
         initial = self._initial
-        kind = self._reward_code
-        if kind == 0:
-            reward = pnl / initial
-        elif kind == 1:
-            reward = math.log(max(equity, 1e-9 * initial) / before) if before > 0 else -1.0
-        else:
-            ret = equity / before - 1.0 if before > 0 else -1.0
-            dd0 = 1.0 - before / self.peak
-            self.peak = max(self.peak, equity)
-            reward = ret - self.config.risk_aversion * max(0.0, (1.0 - equity / self.peak) - dd0)
+        reward, self.peak = step_reward(self._reward_code, equity, before, self.peak, initial,
+                                        self.config.risk_aversion)
         bonus = 0.0
         if self._hindsight and units:
             c = self.config
-            ahead = closes[min(t + c.hindsight_horizon, self.n_bars - 1)]
-            bonus = c.hindsight_weight * (ahead - close) * units / initial
+            bonus = hindsight_bonus(c.hindsight_weight, closes[min(t + c.hindsight_horizon, self.n_bars - 1)],
+                                    close, units, initial)
             reward += bonus
         terminated = equity <= self._ruin_level
         info = {"equity": equity, "position": units, "pnl": pnl, "cost": commission + slip_cost,
@@ -581,20 +573,12 @@ class TradingEnv(gym.Env):
         before = self.equity
         self.equity = equity = self._mark()
         pnl = equity - before
-        kind, initial = c.reward, c.initial_cash
-        if kind == "equity":
-            reward = pnl / initial
-        elif kind == "log_return":
-            reward = math.log(max(equity, 1e-9 * initial) / before) if before > 0 else -1.0
-        else:
-            ret = equity / before - 1.0 if before > 0 else -1.0
-            dd0 = 1.0 - before / self.peak
-            self.peak = max(self.peak, equity)
-            reward = ret - c.risk_aversion * max(0.0, (1.0 - equity / self.peak) - dd0)
+        initial = c.initial_cash
+        reward, self.peak = step_reward(REWARD_CODES[c.reward], equity, before, self.peak, initial, c.risk_aversion)
         bonus = 0.0
         if c.hindsight_weight > 0.0 and self.units:
-            ahead = self._close[min(t + c.hindsight_horizon, self.n_bars - 1)]
-            bonus = c.hindsight_weight * (ahead - self._close[t]) * self.units / initial
+            bonus = hindsight_bonus(c.hindsight_weight, self._close[min(t + c.hindsight_horizon, self.n_bars - 1)],
+                                    self._close[t], self.units, initial)
             reward += bonus
         terminated = equity <= c.ruin_fraction * initial
         truncated = self.t >= self.t_end and not terminated

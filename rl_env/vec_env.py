@@ -10,6 +10,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 
 from rl_env.config import EnvConfig
 from rl_env.data import MarketData
+from rl_env.rewards import REWARD_CODES, hindsight_bonuses, step_rewards
 from rl_env.trading_env import N_PRIVATE, OBS_BOUND, TradingEnv
 
 
@@ -241,20 +242,10 @@ class TradingVecEnv(VecEnv):
         before = self.equity
         pnl = equity - before
         init = c.initial_cash
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if c.reward == "equity":
-                reward = pnl / init
-            elif c.reward == "log_return":
-                reward = np.where(before > 0, np.log(np.maximum(equity, 1e-9 * init) / before), -1.0)
-            else:
-                ret = np.where(before > 0, equity / before - 1.0, -1.0)
-                dd0 = 1.0 - before / self.peak
-                self.peak = np.maximum(self.peak, equity)
-                reward = ret - c.risk_aversion * np.maximum(0.0, (1.0 - equity / self.peak) - dd0)
+        reward, self.peak = step_rewards(REWARD_CODES[c.reward], equity, before, self.peak, init, c.risk_aversion)
         if c.hindsight_weight > 0.0:
-            ahead = self._C[np.minimum(t_dec + c.hindsight_horizon, self._last)]
-            bonus = c.hindsight_weight * (ahead - self._C[t_dec]) * self.units / init
-            bonus = np.where(self.units != 0.0, bonus, 0.0)
+            bonus = hindsight_bonuses(c.hindsight_weight, self._C[np.minimum(t_dec + c.hindsight_horizon, self._last)],
+                                      self._C[t_dec], self.units, init)
         else:
             bonus = np.zeros(self.num_envs)
         self.equity = equity

@@ -1,4 +1,4 @@
-"""botcore.alerts against a real local SMTP server (plain and STARTTLS) and a real local HTTP server."""
+"""automation.alerts against a real local SMTP server (plain and STARTTLS) and a real local HTTP server."""
 from __future__ import annotations
 
 import base64
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from botcore.alerts import Alert, Notifier
+from automation.alerts import Alert, Notifier
 
 PASSWORD = "s3cret-Pa55word-xyz"
 USER = "alert-user@example.org"

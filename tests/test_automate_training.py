@@ -14,7 +14,7 @@ import textwrap
 import threading
 import time
 import types
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -23,8 +23,14 @@ import pytz
 import schedule
 
 import automate_training as at
-from botcore.config import DEFAULTS, load_config
+from agents.config import DEFAULTS, load_config
+from automation import daemon as automation_daemon
+from automation.daemon import EXIT_LOCK_BUSY, Automation
+from automation.runner import SubprocessRunner, UnitResult
+from automation.schedule import JOBS, Timetable
+from automation.state import STATE_FILE, empty_state
 from botcore.lock import DAEMON_LOCK, JOB_LOCK, WorkspaceLock
+from botcore.signals import StopFlag
 
 REPO = Path(__file__).resolve().parent.parent
 BERLIN = pytz.timezone("Europe/Berlin")
@@ -48,7 +54,7 @@ def write_config(folder: Path, **sections) -> Path:
 
 
 def read_state(folder: Path) -> dict:
-    return json.loads((folder / "results" / at.STATE_FILE).read_text())
+    return json.loads((folder / "results" / STATE_FILE).read_text())
 
 
 class FakeRunner:
@@ -65,11 +71,11 @@ class FakeRunner:
         self.calls: list[tuple[str, list[str], datetime]] = []
 
     def __call__(self, script, args, timeout, stop):
-        now = self.clock.now() if self.clock else datetime.now(timezone.utc)
+        now = self.clock.now() if self.clock else datetime.now(dt.UTC)
         self.calls.append((script, list(args), now))
         assert timeout == DEFAULTS["training_schedule"]["job_timeout_minutes"] * 60.0
         if self.fail(script, args, now):
-            return at.JobResult("failed", f"exit code 1: error: {script} was told to fail", 1)
+            return UnitResult("failed", f"exit code 1: error: {script} was told to fail", 1)
         if script == "data_pipeline.py":
             symbol = args[args.index("--symbols") + 1]
             end = (now - timedelta(days=1)).strftime("%Y-%m-%d")
@@ -94,7 +100,7 @@ class FakeRunner:
             stamp = f"{now:%Y%m%d_%H%M%S}_{len(self.calls)}"
             Path(f"results/model_comparison_{symbol}_{stamp}.json").write_text(
                 json.dumps({"symbol": symbol, "interval": "1d", "models": models}))
-        return at.JobResult("ok", "", 0)
+        return UnitResult("ok", "", 0)
 
     def scripts(self) -> list[str]:
         return [c[0] for c in self.calls]
@@ -104,16 +110,16 @@ class FakeClock:
     """A controllable clock: ``sleep`` jumps ahead; the daemon is asked to stop once ``end`` is reached."""
 
     def __init__(self, start: datetime, end: datetime) -> None:
-        self.t = start.astimezone(timezone.utc)
-        self.end = end.astimezone(timezone.utc)
+        self.t = start.astimezone(dt.UTC)
+        self.end = end.astimezone(dt.UTC)
 
     def now(self) -> datetime:
         return self.t
 
-    def sleep(self, seconds: float, stop: threading.Event) -> None:
+    def sleep(self, seconds: float, stop: StopFlag) -> None:
         self.t += timedelta(seconds=max(seconds, 1.0))
         if self.t >= self.end:
-            stop.set()
+            stop.request()
 
 
 @pytest.fixture()
@@ -129,8 +135,8 @@ def simulated_time(monkeypatch):
 
     fake_module = types.SimpleNamespace(datetime=FakeDatetime, timedelta=dt.timedelta, time=dt.time, date=dt.date)
     monkeypatch.setattr(schedule, "datetime", fake_module)
-    monkeypatch.setattr(at, "HEARTBEAT_SECONDS", 3600.0)
-    monkeypatch.setattr(at, "WAKE_SECONDS", 3600.0)
+    monkeypatch.setattr(automation_daemon, "HEARTBEAT_SECONDS", 3600.0)
+    monkeypatch.setattr(automation_daemon, "WAKE_SECONDS", 3600.0)
 
     def make(start: datetime, end: datetime) -> FakeClock:
         holder["clock"] = FakeClock(start, end)
@@ -165,7 +171,8 @@ def hook_server():
 
 
 def write_champions(folder: Path) -> None:
-    for run_id, model_type, algo, val in (("ds1", "deepscalper", "deepscalper", 0.9), ("bt1", "backtrader", "ppo", 0.7)):
+    runs = (("ds1", "deepscalper", "deepscalper", 0.9), ("bt1", "backtrader", "ppo", 0.7))
+    for run_id, model_type, algo, val in runs:
         run = folder / "models" / f"SYN_1d_{model_type}_{run_id}"
         run.mkdir(parents=True)
         (run / "metadata.json").write_text(json.dumps({
@@ -257,7 +264,7 @@ def test_status_without_daemon_text_and_json(workspace, capsys):
     assert at.main(["--status", "--json"]) == 0
     st = json.loads(capsys.readouterr().out)
     assert st["daemon"]["running"] is False and st["job_lock"]["held"] is False
-    assert {j: st["jobs"][j]["outcome"] for j in at.JOBS} == {"data": "ok", "training": "ok", "evaluation": "ok"}
+    assert {j: st["jobs"][j]["outcome"] for j in JOBS} == {"data": "ok", "training": "ok", "evaluation": "ok"}
     assert st["next_runs_source"] == "config"
     assert st["next_runs"]["data"].endswith(("01:00+01:00", "01:00+02:00"))  # Berlin, winter or summer
     by_key = {c["key"]: c for c in st["champions"]}
@@ -273,38 +280,39 @@ def test_status_without_daemon_text_and_json(workspace, capsys):
 
 def test_stale_and_missing_data_raise_one_alert(workspace):
     write_config(workspace)
-    automation = at.Automation(load_config())
-    automation.check_data_age("SYN")
-    assert automation.state["alerts"][-1]["kind"] == "stale_data"
-    assert "does not exist" in automation.state["alerts"][-1]["message"]
+    automation = Automation(load_config())
+    automation.monitor.check_data_age("SYN")
+    assert automation.store.data["alerts"][-1]["kind"] == "stale_data"
+    assert "does not exist" in automation.store.data["alerts"][-1]["message"]
     (workspace / "data").mkdir()
-    old = (datetime.now(timezone.utc) - timedelta(days=9)).strftime("%Y-%m-%d %H:%M:%S")
+    old = (datetime.now(dt.UTC) - timedelta(days=9)).strftime("%Y-%m-%d %H:%M:%S")
     (workspace / "data" / "SYN_1d_manifest.json").write_text(json.dumps({"ranges": {"test": {"end": old}}}))
-    automation.state["alerts"].clear()
-    automation.check_data_age("SYN")
-    automation.check_data_age("SYN")  # not repeated within 12 hours
-    assert len(automation.state["alerts"]) == 1 and "9.0 days old" in automation.state["alerts"][0]["message"]
+    automation.store.data["alerts"].clear()
+    automation.monitor.check_data_age("SYN")
+    automation.monitor.check_data_age("SYN")  # not repeated within 12 hours
+    alerts = automation.store.data["alerts"]
+    assert len(alerts) == 1 and "9.0 days old" in alerts[0]["message"]
 
 
 def test_monitoring_flags_unusable_champions_undefined_sharpe_and_missing_output(workspace):
     write_config(workspace)
     (workspace / "results").mkdir()
-    automation = at.Automation(load_config(), runner=FakeRunner())
+    automation = Automation(load_config(), runner=FakeRunner())
     report = {"symbol": "SYN", "interval": "1d", "models": {
         "ds1": {"model_type": "deepscalper", "is_champion": True, "status": "checksum_failed",
                 "error": "sha256 mismatch for models/SYN_1d_deepscalper_ds1/model.zip"},
         "bt1": {"model_type": "backtrader", "is_champion": True, "status": "ok", "sharpe_ratio": None,
                 "max_drawdown_pct": 0.0}}}
     (workspace / "results" / "model_comparison_SYN_20240301_000000.json").write_text(json.dumps(report))
-    automation.monitor_evaluation("SYN", before={})
-    kinds = [(a["kind"], a["subject"], a["severity"]) for a in automation.state["alerts"]]
+    automation.monitor.check_evaluation("SYN", before={})
+    kinds = [(a["kind"], a["subject"], a["severity"]) for a in automation.store.data["alerts"]]
     assert kinds == [("champion_unusable", "SYN/1d/deepscalper", "critical"), ("low_sharpe", "SYN/1d/backtrader",
                                                                                "warning")]
-    assert "sha256 mismatch" in automation.state["alerts"][0]["message"]
-    assert "undefined" in automation.state["alerts"][1]["message"]
+    assert "sha256 mismatch" in automation.store.data["alerts"][0]["message"]
+    assert "undefined" in automation.store.data["alerts"][1]["message"]
     # An evaluation that wrote no new file is itself an alert: nothing could be monitored.
-    automation.monitor_evaluation("SYN", before=automation._comparison_files("SYN"))
-    assert automation.state["alerts"][-1]["kind"] == "evaluation_output"
+    automation.monitor.check_evaluation("SYN", before=automation.monitor.comparison_files("SYN"))
+    assert automation.store.data["alerts"][-1]["kind"] == "evaluation_output"
 
 
 # --- the daemon on a simulated clock ----------------------------------------------------------------
@@ -365,7 +373,7 @@ def test_daemon_runs_several_days_skips_alerts_and_recovers(workspace, simulated
     # Secrets never reach logs, state or the status output.
     logs = "".join(p.read_text() for p in (workspace / "logs").glob("*.log"))
     assert "ALERT [trading-bot CRITICAL] job_failed: data" in logs
-    for text in (logs, (workspace / "results" / at.STATE_FILE).read_text()):
+    for text in (logs, (workspace / "results" / STATE_FILE).read_text()):
         assert HOOK_TOKEN not in text and SMTP_PASSWORD not in text and "/services/" not in text
 
 
@@ -373,11 +381,11 @@ def test_missed_runs_are_caught_up_once_at_start_up(workspace, simulated_time):
     write_config(workspace)
     (workspace / "results").mkdir()
     stopped = berlin(2024, 3, 4, 1, 30)  # the daemon last ran after the data update, before training
-    state = at.empty_state()
-    state["daemon"] = {"last_seen": stopped.astimezone(timezone.utc).isoformat()}
-    state["jobs"]["data"] = {"start": berlin(2024, 3, 4, 1, 0).astimezone(timezone.utc).isoformat(),
+    state = empty_state()
+    state["daemon"] = {"last_seen": stopped.astimezone(dt.UTC).isoformat()}
+    state["jobs"]["data"] = {"start": berlin(2024, 3, 4, 1, 0).astimezone(dt.UTC).isoformat(),
                              "outcome": "ok"}
-    (workspace / "results" / at.STATE_FILE).write_text(json.dumps(state))
+    (workspace / "results" / STATE_FILE).write_text(json.dumps(state))
     clock = simulated_time(berlin(2024, 3, 4, 5, 0), berlin(2024, 3, 4, 5, 10))  # back at 05:00
     runner = FakeRunner(clock=clock)
     assert at.main(["--quiet"], runner=runner, clock=clock) == 0
@@ -389,22 +397,22 @@ def test_missed_runs_are_caught_up_once_at_start_up(workspace, simulated_time):
     clock2 = simulated_time(berlin(2024, 3, 4, 5, 20), berlin(2024, 3, 4, 5, 30))
     runner2 = FakeRunner(clock=clock2)
     assert at.main(["--quiet"], runner=runner2, clock=clock2) == 0 and runner2.calls == []
-    automation = at.Automation(load_config())
-    automation.state = at.empty_state()
-    assert automation.missed_jobs(None, berlin(2024, 3, 4, 5, 0)) == []  # first start ever: nothing missed
-    assert automation.missed_jobs(stopped, berlin(2024, 3, 4, 3, 0)) == ["training"]
-    assert automation.missed_jobs(berlin(2024, 3, 1, 0, 0), berlin(2024, 3, 4, 3, 0)) == list(at.JOBS)
-    automation.sched["catch_up_missed"] = False
-    assert automation.missed_jobs(stopped, berlin(2024, 3, 4, 5, 0)) == []
+    timetable = Timetable(load_config()["training_schedule"])
+    no_runs = empty_state()["jobs"]
+    assert timetable.missed_jobs(None, berlin(2024, 3, 4, 5, 0), no_runs) == []  # first start ever: nothing missed
+    assert timetable.missed_jobs(stopped, berlin(2024, 3, 4, 3, 0), no_runs) == ["training"]
+    assert timetable.missed_jobs(berlin(2024, 3, 1, 0, 0), berlin(2024, 3, 4, 3, 0), no_runs) == list(JOBS)
+    timetable.cfg["catch_up_missed"] = False
+    assert timetable.missed_jobs(stopped, berlin(2024, 3, 4, 5, 0), no_runs) == []
 
 
 def test_weekly_schedule_and_previous_slot(workspace):
     write_config(workspace, training_schedule={"weekday": "wednesday", "timezone": "America/New_York"})
-    automation = at.Automation(load_config())
+    timetable = Timetable(load_config()["training_schedule"])
     ny = pytz.timezone("America/New_York")
-    slot = automation.previous_slot("training", ny.localize(datetime(2024, 3, 11, 9, 0)))  # a Monday
+    slot = timetable.previous_slot("training", ny.localize(datetime(2024, 3, 11, 9, 0)))  # a Monday
     assert slot == ny.localize(datetime(2024, 3, 6, 2, 0)) and slot.utcoffset() == timedelta(hours=-5)
-    jobs = automation.build_scheduler(lambda job: None).get_jobs()
+    jobs = timetable.build_scheduler(lambda job: None).get_jobs()
     assert {j.start_day for j in jobs} == {"wednesday"} and {str(j.at_time_zone) for j in jobs} == {"America/New_York"}
 
 
@@ -443,9 +451,9 @@ def fake_scripts(tmp_path):
 def test_subprocess_runner_reports_failure_timeout_and_hides_secrets(workspace, fake_scripts, monkeypatch):
     monkeypatch.setenv("TRADING_BOT_SMTP_PASSWORD", SMTP_PASSWORD)
     monkeypatch.setenv("FAKE_SLEEP", "30")
-    runner = at.SubprocessRunner(scripts_dir=fake_scripts, grace_seconds=5, poll_seconds=0.05,
-                                 hidden_env=["TRADING_BOT_SMTP_PASSWORD"])
-    stop = threading.Event()
+    runner = SubprocessRunner(scripts_dir=fake_scripts, grace_seconds=5, poll_seconds=0.05,
+                              hidden_env=["TRADING_BOT_SMTP_PASSWORD"])
+    stop = StopFlag()
     failed = runner("train_bot.py", ["--symbol", "SYN"], 60, stop)
     assert failed.outcome == "failed" and failed.returncode == 1
     assert failed.error.startswith("exit code 1: error: no prepared data for SYN 1d")
@@ -471,11 +479,12 @@ def _start_daemon_after_downtime(workspace, fake_scripts, runner_args: str, stde
     """A real daemon process over the fake scripts, in a workspace whose daemon was last seen two days ago
     (so it starts by catching up the missed data update)."""
     (workspace / "results").mkdir()
-    state = at.empty_state()
-    state["daemon"] = {"last_seen": (datetime.now(timezone.utc) - timedelta(days=2)).isoformat()}
-    (workspace / "results" / at.STATE_FILE).write_text(json.dumps(state))
+    state = empty_state()
+    state["daemon"] = {"last_seen": (datetime.now(dt.UTC) - timedelta(days=2)).isoformat()}
+    (workspace / "results" / STATE_FILE).write_text(json.dumps(state))
     driver = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import automate_training as at; "
-              f"raise SystemExit(at.main(['--quiet'], runner=at.SubprocessRunner(scripts_dir=at.Path("
+              f"from pathlib import Path; from automation.runner import SubprocessRunner; "
+              f"raise SystemExit(at.main(['--quiet'], runner=SubprocessRunner(scripts_dir=Path("
               f"{str(fake_scripts)!r}), {runner_args}poll_seconds=0.05)))")
     return subprocess.Popen([sys.executable, "-c", driver], cwd=workspace, stderr=stderr, text=True)
 
@@ -488,7 +497,7 @@ def test_daemon_lock_cron_status_and_sigterm(workspace, fake_scripts, capsys, ca
     try:
         assert _wait_for(lambda: (workspace / "child_started").exists()), daemon.stderr.read() if daemon.poll() else ""
         assert at.main(["--quiet"]) == 1
-        assert at.main(["--run-once", "data", "--quiet"], runner=FakeRunner()) == at.EXIT_LOCK_BUSY
+        assert at.main(["--run-once", "data", "--quiet"], runner=FakeRunner()) == EXIT_LOCK_BUSY
         err = said(capsys, caplog)
         assert f"another automate_training.py daemon already runs in {workspace}: pid {daemon.pid}" in err
         assert "another job is running in this workspace" in err and "catch-up data/SYN" in err
@@ -536,9 +545,9 @@ def test_kill_9_leaves_valid_state_no_orphan_and_a_stale_lock(workspace, fake_sc
 
 
 def test_stale_lock_from_a_killed_process_is_taken_over(workspace, caplog, capsys):
-    code = ("import sys, time; sys.path.insert(0, %r); from botcore.lock import WorkspaceLock; "
-            "lock = WorkspaceLock(%r, role='daemon'); assert lock.acquire(); print('locked', flush=True); "
-            "time.sleep(60)") % (str(REPO), DAEMON_LOCK)
+    code = (f"import sys, time; sys.path.insert(0, {str(REPO)!r}); from botcore.lock import WorkspaceLock; "
+            f"lock = WorkspaceLock({DAEMON_LOCK!r}, role='daemon'); assert lock.acquire(); "
+            "print('locked', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=workspace, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     lock = WorkspaceLock(DAEMON_LOCK, role="daemon")

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rl_env import BacktestResult, EnvConfig, MarketData, run_backtest
-from rl_env.synthetic import random_walk_data
+from evaluation.backtest import BacktestResult, run_backtest
+from evaluation.markets import random_walk_data
+from rl_env import EnvConfig, MarketData
 
 
 class RandomPolicy:

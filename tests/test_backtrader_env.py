@@ -11,8 +11,8 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
+from evaluation.markets import random_walk_data
 from rl_env import BacktraderEnv, EnvConfig, MarketData, TradingEnv
-from rl_env.synthetic import random_walk_data
 
 
 def _worker_threads() -> list[threading.Thread]:
@@ -137,7 +137,20 @@ def test_sb3_ppo_trains_on_backtrader_env():
     env = BacktraderEnv(random_walk_data(300, seed=3), EnvConfig(window=8, episode_length=64))
     model = PPO("MlpPolicy", env, n_steps=128, batch_size=64, n_epochs=2, seed=0, device="cpu",
                 policy_kwargs={"net_arch": [16]})
+    probe = torch.as_tensor(np.stack([TradingEnv(env.data, env.config).reset(options={"start": s})[0]
+                                      for s in (10, 100, 200)]))  # the same observations, without a worker
+
+    def action_probs() -> torch.Tensor:
+        with torch.no_grad():
+            return model.policy.get_distribution(probe).distribution.probs
+
+    before = action_probs()
     model.learn(total_timesteps=256)
-    assert model.num_timesteps == 256
+    # SB3's Monitor saw our episode ends (truncation after episode_length steps) and the env's P&L rewards
+    episodes = list(model.ep_info_buffer)
+    assert [e["l"] for e in episodes] == [64] * 4
+    assert all(np.isfinite(e["r"]) for e in episodes) and any(e["r"] != 0 for e in episodes)
+    after = action_probs()  # and training on them moved the policy
+    assert torch.isfinite(after).all() and (after - before).abs().max() > 1e-4, (after - before).abs().max()
     env.close()
     assert not _worker_threads()

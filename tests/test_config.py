@@ -6,7 +6,8 @@ import json
 import pytest
 
 import data_pipeline
-from botcore.config import DEFAULTS, load_config
+import datafeed
+from agents.config import DEFAULTS, load_config
 
 
 def _run_with_config(workspace, capsys, content, *flags: str) -> tuple[int, str]:
@@ -36,7 +37,8 @@ def test_bad_config_file_is_one_line_and_exit_code_2(workspace, capsys, content,
 
 
 @pytest.mark.parametrize("flags, expected", [
-    (["--source", "yahooo"], "data.source = 'yahooo' must be one of yahoo, sample, csv, synthetic (did you mean 'yahoo'?)"),
+    (["--source", "yahooo"],
+     "data.source = 'yahooo' must be one of yahoo, sample, csv, synthetic (did you mean 'yahoo'?)"),
     (["--interval", "2h"], "data.interval = '2h' must be one of"),
     (["--train-fraction", "1.5"], "data.train_fraction = 1.5 must be between 0 and 1"),
     (["--train-end", "2016-13"], "data.train_end = '2016-13' is not a date"),
@@ -61,7 +63,7 @@ def test_defaults_then_file_then_flags(workspace, capsys):
     assert load_config(overrides={"data": {"train_fraction": 0.5, "source": None}})["data"]["source"] == "sample"
     # The file decides source and embargo; the flag decides the fraction.
     assert data_pipeline.main(["--train-fraction", "0.5", "--quiet"]) == 0
-    manifest = data_pipeline.load_manifest("GOOGL", "1d")
+    manifest = datafeed.load_manifest("GOOGL", "1d")
     assert manifest["source"] == "sample" and manifest["embargo_bars"] == 5
     assert manifest["settings"]["data"]["train_fraction"] == 0.5
     rows = {k: v["rows"] for k, v in manifest["ranges"].items()}

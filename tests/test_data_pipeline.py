@@ -14,9 +14,10 @@ import pytest
 import yfinance
 
 import data_pipeline
+import datafeed
+from agents.config import load_config
 from botcore import paths
 from botcore.atomic import sha256_file
-from botcore.config import load_config
 from botcore.errors import DataError
 from datafeed import sources
 from datafeed.clean import clean_ohlcv
@@ -44,16 +45,16 @@ def test_sample_source_writes_contract_files(workspace, capsys):
     out = capsys.readouterr().out
     assert "2 of 2 symbol(s) prepared" in out
     for sym, interval in (("GOOGL", "1d"), ("EURUSD", "1h")):
-        manifest = data_pipeline.load_manifest(sym, interval)
+        manifest = datafeed.load_manifest(sym, interval)
         assert manifest["interval"] == interval and manifest["source"] == "sample"
         assert manifest["market"] == ("fx" if sym == "EURUSD" else "equity")
-        assert manifest["manifest_hash"] == data_pipeline.manifest_hash(manifest)
+        assert manifest["manifest_hash"] == datafeed.manifest_hash(manifest)
         header = (workspace / "data" / f"{sym}_{interval}_train_data.csv").read_text().splitlines()[0].split(",")
         assert header[:6] == ["timestamp", "open", "high", "low", "close", "volume"]
         assert header[6:] == manifest["feature_columns"] and all(c.startswith("f_") for c in header[6:])
         previous_end = None
         for split in ("train", "val", "test"):
-            frame = data_pipeline.load_split(sym, interval, split)
+            frame = datafeed.load_split(sym, interval, split)
             assert frame.index.name == "timestamp" and isinstance(frame.index, pd.DatetimeIndex)
             assert not frame.isna().any().any() and frame.index.is_monotonic_increasing
             assert manifest["ranges"][split]["rows"] == len(frame)
@@ -63,7 +64,7 @@ def test_sample_source_writes_contract_files(workspace, capsys):
             previous_end = frame.index[-1]
         assert ("f_tod_sin" in manifest["feature_columns"]) == (interval == "1h")
     # Raw prices are real: GOOGL's first sample close (2009-05-22) is 196.946945; train starts after warm-up.
-    googl = data_pipeline.load_split("GOOGL", "1d", "train")
+    googl = datafeed.load_split("GOOGL", "1d", "train")
     assert googl.index[0] > pd.Timestamp("2009-05-22") and googl["close"].between(150, 1300).all()
     assert googl["high"].ge(googl[["open", "close"]].max(axis=1)).all()
     assert list(Path("logs").glob("data_pipeline_*.log"))
@@ -97,18 +98,18 @@ def test_invalid_symbol_is_refused_before_any_write(workspace, capsys):
 
 def test_load_split_errors_name_the_fix(workspace):
     with pytest.raises(DataError, match=r"python data_pipeline.py --symbols GOOGL --interval 1d"):
-        data_pipeline.load_split("GOOGL", "1d", "train")
+        datafeed.load_split("GOOGL", "1d", "train")
     assert data_pipeline.main(["--symbols", "GOOGL", "--source", "sample", "--quiet"]) == 0
     target = paths.split_path("GOOGL", "1d", "val")
     target.write_text(target.read_text().replace("2016", "2015", 1))
     with pytest.raises(DataError, match="does not match its manifest"):
-        data_pipeline.load_split("GOOGL", "1d", "val")
+        datafeed.load_split("GOOGL", "1d", "val")
 
 
 # --- no look-ahead ---------------------------------------------------------------------------------------
 
 def test_no_look_ahead_cut_history_gives_identical_train_and_val(tmp_path, monkeypatch):
-    full = data_pipeline.generate_synthetic(1200, seed=3, kind="jump")
+    full = datafeed.generate_synthetic(1200, seed=3, kind="jump")
     val_end = "2003-06-30"
     after = full.index > pd.Timestamp(val_end)
     cut = full[~after | (np.cumsum(after) <= 80)]
@@ -131,7 +132,7 @@ def test_no_look_ahead_cut_history_gives_identical_train_and_val(tmp_path, monke
 
 
 def test_features_use_only_the_past():
-    bars = data_pipeline.generate_synthetic(600, seed=1, kind="regime", interval="1h")
+    bars = datafeed.generate_synthetic(600, seed=1, kind="regime", interval="1h")
     full = compute_features(bars, "1h")
     head = compute_features(bars.iloc[:400], "1h")
     pd.testing.assert_frame_equal(full.iloc[:400], head)
@@ -141,7 +142,7 @@ def test_features_use_only_the_past():
 
 
 def test_splits_embargo_and_train_only_normalisation():
-    bars = data_pipeline.generate_synthetic(900, seed=5)
+    bars = datafeed.generate_synthetic(900, seed=5)
     cfg = load_config(overrides={"data": {"embargo_bars": 7}})
     prepared = prepare(bars, cfg, "SYN", "1d")
     index = bars.index
@@ -160,7 +161,7 @@ def test_splits_embargo_and_train_only_normalisation():
 
 
 def test_too_short_history_is_a_clear_error():
-    bars = data_pipeline.generate_synthetic(120, seed=0)
+    bars = datafeed.generate_synthetic(120, seed=0)
     with pytest.raises(DataError, match=r"too few bars for the splits.*each needs 20"):
         prepare(bars, load_config(), "SYN", "1d")
 
@@ -237,7 +238,7 @@ def test_csv_errors_name_file_line_and_column(tmp_path, text, message):
 
 
 def test_bad_csv_never_overwrites_last_good_files(workspace, capsys):
-    good = _write_csv(workspace / "good.csv", data_pipeline.generate_synthetic(400, seed=2))
+    good = _write_csv(workspace / "good.csv", datafeed.generate_synthetic(400, seed=2))
     assert data_pipeline.main(["--symbols", "MYCO", "--source", "csv", "--csv", str(good), "--quiet"]) == 0
     before = {p.name: p.read_bytes() for p in (workspace / "data").iterdir()}
     bad = workspace / "bad.csv"
@@ -251,23 +252,23 @@ def test_bad_csv_never_overwrites_last_good_files(workspace, capsys):
 
 def test_synthetic_is_seeded_and_valid(workspace):
     for kind in ("gbm", "regime", "jump"):
-        a = data_pipeline.generate_synthetic(500, seed=11, kind=kind, interval="5m")
-        pd.testing.assert_frame_equal(a, data_pipeline.generate_synthetic(500, seed=11, kind=kind, interval="5m"))
-        assert not a.equals(data_pipeline.generate_synthetic(500, seed=12, kind=kind, interval="5m"))
+        a = datafeed.generate_synthetic(500, seed=11, kind=kind, interval="5m")
+        pd.testing.assert_frame_equal(a, datafeed.generate_synthetic(500, seed=11, kind=kind, interval="5m"))
+        assert not a.equals(datafeed.generate_synthetic(500, seed=12, kind=kind, interval="5m"))
         assert (a["high"] >= a[["open", "close"]].max(axis=1)).all()
         assert (a["low"] <= a[["open", "close"]].min(axis=1)).all() and (a["low"] > 0).all()
         assert (a.index[1] - a.index[0]) == pd.Timedelta(minutes=5)
-    jump = np.log(data_pipeline.generate_synthetic(20000, seed=1, kind="jump")["close"]).diff().dropna()
-    gbm = np.log(data_pipeline.generate_synthetic(20000, seed=1, kind="gbm")["close"]).diff().dropna()
+    jump = np.log(datafeed.generate_synthetic(20000, seed=1, kind="jump")["close"]).diff().dropna()
+    gbm = np.log(datafeed.generate_synthetic(20000, seed=1, kind="gbm")["close"]).diff().dropna()
     assert jump.kurt() > gbm.kurt() + 3
     assert data_pipeline.main(["--symbols", "SYN", "--source", "synthetic", "--seed", "7", "--quiet"]) == 0
-    manifest = data_pipeline.load_manifest("SYN", "1d")
+    manifest = datafeed.load_manifest("SYN", "1d")
     assert {k: manifest["source_info"][k] for k in ("source", "kind", "seed", "bars", "bars_loaded")} == {
         "source": "synthetic", "kind": "gbm", "seed": 7, "bars": 2500, "bars_loaded": 2500}
 
 
 def test_interval_must_match_the_bars(workspace, capsys):
-    hourly = _write_csv(workspace / "h.csv", data_pipeline.generate_synthetic(400, seed=1, interval="1h"),
+    hourly = _write_csv(workspace / "h.csv", datafeed.generate_synthetic(400, seed=1, interval="1h"),
                         fmt="%Y-%m-%d %H:%M:%S")
     assert data_pipeline.main(["--symbols", "MYCO", "--source", "csv", "--csv", str(hourly), "--quiet"]) == 1
     assert "60 minutes apart (median), which is not 1d; use --interval 1h" in capsys.readouterr().err
@@ -324,7 +325,7 @@ def fake_yahoo(monkeypatch):
 
 
 def _ny_market(n: int, seed: int = 4) -> pd.DataFrame:
-    bars = data_pipeline.generate_synthetic(n, seed=seed, start="2015-01-02")
+    bars = datafeed.generate_synthetic(n, seed=seed, start="2015-01-02")
     bars.index = bars.index.tz_localize("America/New_York")
     return bars
 
@@ -347,7 +348,7 @@ def test_yahoo_first_download_then_incremental_update(workspace, fake_yahoo):
     pd.testing.assert_series_equal(store["close"], market["close"].set_axis(store.index), check_names=False)
     meta = json.loads(sources.raw_store_path("AAPL", "1d").with_suffix(".meta.json").read_text())
     assert meta["new_rows"] == 50 and meta["auto_adjust"] is True
-    assert data_pipeline.load_manifest("AAPL", "1d")["source_info"]["new_rows"] == 50
+    assert datafeed.load_manifest("AAPL", "1d")["source_info"]["new_rows"] == 50
 
 
 def test_yahoo_retries_with_backoff_then_succeeds(workspace, fake_yahoo):
@@ -363,7 +364,7 @@ def test_yahoo_down_uses_store_and_says_how_stale(workspace, fake_yahoo, caplog)
     assert data_pipeline.main(["--symbols", "MSFT", "--update-data", "--quiet"]) == 0
     assert len(fake.calls) == 4 and fake_yahoo["sleeps"] == [2.0, 4.0, 8.0]
     assert "using the local store instead" in caplog.text and "days old" in caplog.text
-    assert data_pipeline.load_manifest("MSFT", "1d")["source_info"]["updated"] is False
+    assert datafeed.load_manifest("MSFT", "1d")["source_info"]["updated"] is False
 
 
 def test_yahoo_empty_without_store_fails_naming_other_sources(workspace, fake_yahoo, capsys):

@@ -1,4 +1,4 @@
-"""evaluate_bot.py end to end (registry models, baselines, JSON, plots, verdict) and rl_env.baselines / report."""
+"""evaluate_bot.py end to end (registry models, baselines, JSON, plots, verdict) and evaluation.baselines / report."""
 from __future__ import annotations
 
 import json
@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import datafeed
 import evaluate_bot
-from botcore.config import load_config
-from botcore.registry import Registry
-from rl_env.baselines import BuyAndHold, Flat, MovingAverageCrossover, RandomPolicy, make_baselines
+from agents.config import load_config
+from agents.registry import Registry
+from evaluation import compare
+from evaluation.baselines import BuyAndHold, Flat, MovingAverageCrossover, RandomPolicy, make_baselines
+from evaluation.metrics import METRIC_KEYS
 from rl_env.config import EnvConfig
 from rl_env.data import MarketData
-from rl_env.metrics import METRIC_KEYS
 from rl_env.trading_env import TradingEnv
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")  # no numpy division warnings
@@ -36,7 +38,7 @@ def _register_ppo(name_seed: int, *, feature_columns: list[str] | None = None, h
     from stable_baselines3 import PPO
 
     cfg = load_config()
-    train = MarketData.from_split(SYMBOL, "1d", "train")
+    train = MarketData.from_frame(datafeed.load_split(SYMBOL, "1d", "train"), SYMBOL, "1d")
     env_config = EnvConfig.from_config(cfg, action_mode="discrete", training=True)
     model = PPO("MlpPolicy", TradingEnv(train, env_config), n_steps=32, batch_size=32, seed=name_seed,
                 policy_kwargs={"net_arch": [8]}, device="cpu")
@@ -95,7 +97,7 @@ def test_evaluation_reports_every_key_skips_a_corrupt_model_and_finds_no_edge(wo
     assert out["models"][corrupt.run_id]["sharpe_ratio"] is None  # never evaluated, never a made-up number
 
     # numbers come from the backtest: buy and hold tracks the test split's close, net of the entry costs
-    test = MarketData.from_split(SYMBOL, "1d", "test")
+    test = MarketData.from_frame(datafeed.load_split(SYMBOL, "1d", "test"), SYMBOL, "1d")
     bh = out["baselines"]["buy_and_hold"]
     first = test.n_bars - bh["n_bars"]  # the first decision bar
     price_move = 100 * (test.close[-1] / test.open[first + 1] - 1)
@@ -157,41 +159,45 @@ def _entry(name: str, sharpe: float, psr: float, kind: str = "model") -> dict:
 def test_recommendation_needs_both_a_better_sharpe_and_significance():
     baselines = {"buy_and_hold": _entry("buy_and_hold", 0.8, 0.9, "baseline"),
                  "flat": _entry("flat", math.nan, math.nan, "baseline")}
-    strong = evaluate_bot.recommend({"m1": _entry("m1", 2.0, 0.99)}, baselines, 0.95)
+    strong = compare.recommend({"m1": _entry("m1", 2.0, 0.99)}, baselines, 0.95)
     assert strong["recommended"] == "m1" and strong["sharpe_margin"] == pytest.approx(1.2)
     assert "by 1.200" in strong["text"] and "by 0.040" in strong["text"]
-    lucky = evaluate_bot.recommend({"m1": _entry("m1", 2.0, 0.90)}, baselines, 0.95)
+    lucky = compare.recommend({"m1": _entry("m1", 2.0, 0.90)}, baselines, 0.95)
     assert lucky["recommended"] is None and "no model shows a significant edge" in lucky["text"]
-    worse = evaluate_bot.recommend({"m1": _entry("m1", 0.5, 0.99)}, baselines, 0.95)
+    worse = compare.recommend({"m1": _entry("m1", 0.5, 0.99)}, baselines, 0.95)
     assert worse["recommended"] is None and "does not beat the best baseline" in worse["text"]
-    none = evaluate_bot.recommend({}, baselines, 0.95)
+    none = compare.recommend({}, baselines, 0.95)
     assert none["recommended"] is None and "no model is registered" in none["text"]
 
 
 def test_a_random_policy_shows_no_significant_edge(workspace):
-    """The seeded random baseline, judged as if it were a model, is never recommended."""
-    from rl_env.backtest import run_backtest
-    from rl_env.metrics import compute_metrics
+    """The seeded random baseline, judged as if it were a model, is never recommended: five seeds (policy and
+    market), each one trading, none significant."""
+    from evaluation.backtest import run_backtest
+    from evaluation.metrics import compute_metrics
 
-    data = MarketData.from_frame(_synthetic_frame(1500, seed=11), symbol=SYMBOL)
     cfg = load_config()
     box = EnvConfig.from_config(cfg, action_mode="box", training=False)
-    entries = {}
-    for name, policy in make_baselines(seed=0).items():
-        res = run_backtest(policy, data, box, engine="fast")
-        entries[name] = {"name": name, "kind": "baseline", "status": "ok", "algo": name, "hpo_trials": 1,
-                         **compute_metrics(res, 252, bootstrap_samples=50)}
-    random_model = dict(entries["random"], name="random_model", kind="model")
-    rec = evaluate_bot.recommend({"random_model": random_model}, entries, 0.95)
-    assert rec["recommended"] is None and "no model shows a significant edge" in rec["text"]
-    assert random_model["psr"] < 0.95
+    psrs = []
+    for seed in range(5):
+        data = MarketData.from_frame(_synthetic_frame(1500, seed=11 + seed), symbol=SYMBOL)
+        entries = {}
+        for name, policy in make_baselines(seed=seed).items():
+            res = run_backtest(policy, data, box, engine="fast")
+            entries[name] = {"name": name, "kind": "baseline", "status": "ok", "algo": name, "hpo_trials": 1,
+                             **compute_metrics(res, 252, bootstrap_samples=50)}
+        random_model = dict(entries["random"], name="random_model", kind="model")
+        rec = compare.recommend({"random_model": random_model}, entries, 0.95)
+        assert rec["recommended"] is None and "no model shows a significant edge" in rec["text"], seed
+        assert random_model["num_trades"] > 10 and 0.0 <= random_model["psr"] < 0.95, (seed, random_model["psr"])
+        psrs.append(random_model["psr"])
+    assert len(set(psrs)) == 5  # five different draws, not one result five times
 
 
 def _synthetic_frame(bars: int, seed: int):
-    import data_pipeline
 
-    raw = data_pipeline.generate_synthetic(bars, seed)
-    return data_pipeline.prepare_splits(raw, load_config(), SYMBOL, "1d")["test"]
+    raw = datafeed.generate_synthetic(bars, seed)
+    return datafeed.prepare_splits(raw, load_config(), SYMBOL, "1d")["test"]
 
 
 # --- baselines ------------------------------------------------------------------------------------------
@@ -255,8 +261,8 @@ def test_ma_crossover_uses_past_closes_only():
 
 
 def test_rolling_sharpe_matches_direct_computation():
-    from rl_env.metrics import sharpe_ratio
-    from rl_env.report import rolling_sharpe
+    from evaluation.metrics import sharpe_ratio
+    from evaluation.report import rolling_sharpe
 
     r = np.random.default_rng(0).normal(0.001, 0.01, 50)
     rs = rolling_sharpe(r, 10, 252)

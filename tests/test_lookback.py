@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from botcore.training import recent_bars
-from rl_env.synthetic import random_walk_data
+from evaluation.markets import random_walk_data
+from training.job import recent_bars
 
 
 def test_keeps_the_last_lookback_days():

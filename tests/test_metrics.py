@@ -1,4 +1,4 @@
-"""rl_env.metrics: hand-computed values on tiny series, edge cases, invariants, PSR/DSR worked examples."""
+"""evaluation.metrics: hand-computed values on tiny series, edge cases, invariants, PSR/DSR worked examples."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from rl_env import metrics as m
+from evaluation import metrics as m
 
 # numpy's RuntimeWarnings (division by zero, mean of empty slice) must never escape a metric
 pytestmark = pytest.mark.filterwarnings("error")

@@ -1,4 +1,4 @@
-"""botcore.registry: run folders, checksums, champion promotion, backups, concurrent writers."""
+"""agents.registry: run folders, checksums, champion promotion, backups, concurrent writers."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from agents import load_registered
+from agents.registry import Registry
 from botcore.errors import ModelFileError, UserError
-from botcore.registry import Registry
 
 
 def _meta(sharpe, symbol="AAPL", model_type="backtrader", algo="ppo", interval="1d"):
@@ -93,10 +94,10 @@ def test_tampered_truncated_and_missing_files_are_refused(workspace):
     with pytest.raises(ModelFileError, match=f"{record.model_path}.*sha256"):
         reg.verify(record)
     with pytest.raises(ModelFileError, match="sha256"):
-        reg.load_policy(record)
+        load_registered(reg, record)
     record.model_path.write_bytes(b"x" * 500)
     with pytest.raises(ModelFileError, match="modified or truncated"):
-        reg.load_policy(record)
+        load_registered(reg, record)
     record.model_path.unlink()
     with pytest.raises(ModelFileError, match="missing"):
         reg.verify(record)
@@ -111,7 +112,7 @@ def test_sb3_round_trip_and_corrupt_zip(workspace):
     model.save(workspace / "ppo.zip")
     reg = Registry()
     record, _ = reg.register(workspace / "ppo.zip", _meta(0.3))
-    policy = reg.load_policy(record)
+    policy = load_registered(reg, record)
     obs = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
     assert np.array_equal(policy.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
     # a garbage file whose checksum was (maliciously or carelessly) updated: the load error names the file
@@ -119,7 +120,7 @@ def test_sb3_round_trip_and_corrupt_zip(workspace):
     meta = dict(record.metadata, sha256=__import__("hashlib").sha256(b"not a zip at all").hexdigest())
     (record.path / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match=f"{record.model_path}.*PPO"):
-        reg.load_policy(reg.get(record.run_id))
+        load_registered(reg, reg.get(record.run_id))
 
 
 def test_backups_before_replacing_champions_and_pruning(workspace):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from evaluation.markets import random_walk_data
 from rl_env import EnvConfig, TradingEnv, TradingVecEnv
-from rl_env.synthetic import random_walk_data
 
 WINDOW = 4
 

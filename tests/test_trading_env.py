@@ -9,10 +9,11 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from botcore.config import DEFAULTS
+from agents.config import DEFAULTS
 from botcore.errors import ConfigError, DataError
+from deepscalper.config import DeepScalperConfig, training_env_overrides
+from evaluation.markets import random_walk_data
 from rl_env import EnvConfig, MarketData, TradingEnv
-from rl_env.synthetic import random_walk_data
 
 ALL_MODES = [(mode, short) for mode in ("discrete", "multidiscrete", "box") for short in (True, False)]
 
@@ -296,15 +297,18 @@ def test_reward_variants():
 
 def test_env_config_from_config_and_round_trip():
     cfg_tree = {k: v for k, v in DEFAULTS.items()}
-    train = EnvConfig.from_config(cfg_tree, "multidiscrete", training=True, hindsight=True)
+    shaping = training_env_overrides(DeepScalperConfig.from_dict(DEFAULTS["deepscalper"]))
+    train = EnvConfig.from_config(cfg_tree, "multidiscrete", training=True, **shaping)
     assert train.hindsight_weight == DEFAULTS["deepscalper"]["hindsight_weight"]
     assert train.hindsight_horizon == DEFAULTS["deepscalper"]["hindsight_horizon"]
     assert train.vol_horizon == DEFAULTS["deepscalper"]["vol_horizon"] and train.random_start
     assert train.commission_rate == DEFAULTS["data"]["costs"]["commission_rate"]
     plain = EnvConfig.from_config(cfg_tree, "discrete", training=True)
     assert plain.hindsight_weight == 0.0 and plain.episode_length == DEFAULTS["env"]["episode_length"]
-    evaluation = EnvConfig.from_config(cfg_tree, "multidiscrete", training=False, hindsight=True)
-    assert evaluation.hindsight_weight == 0.0 and evaluation.episode_length is None
+    evaluation = EnvConfig.from_config(cfg_tree, "multidiscrete", training=False, **shaping)
+    assert evaluation.hindsight_weight == 0.0 and evaluation.vol_horizon == 0 and evaluation.episode_length is None
+    for key in ("margin_leverage", "risk_aversion", "ruin_fraction", "rebalance_band", "vol_window"):
+        assert getattr(plain, key) == DEFAULTS["env"][key]  # every result-changing setting comes from the config
     assert not evaluation.random_start
     assert EnvConfig.from_dict(train.to_dict()) == train
     with pytest.raises(ConfigError):
@@ -313,24 +317,21 @@ def test_env_config_from_config_and_round_trip():
         EnvConfig(action_mode="continuous")
 
 
-def test_market_data_from_csv_and_split(workspace):
+def test_market_data_from_frame_round_trip_and_bad_values():
     data = random_walk_data(50, seed=1)
     import pandas as pd
 
     frame = pd.DataFrame({"timestamp": data.timestamps, "open": data.open, "high": data.high, "low": data.low,
                           "close": data.close, "volume": data.volume,
                           **{name: data.features[:, i] for i, name in enumerate(data.feature_names)}})
-    (workspace / "data").mkdir()
-    frame.to_csv(workspace / "data" / "SYN_1d_train_data.csv", index=False)
-    loaded = MarketData.from_split("SYN", "1d", "train")
+    loaded = MarketData.from_frame(frame, "SYN", "1d")
     assert loaded.symbol == "SYN" and loaded.interval == "1d" and loaded.feature_names == data.feature_names
     np.testing.assert_allclose(loaded.close, data.close)
     np.testing.assert_array_equal(loaded.timestamps, data.timestamps)
-    with pytest.raises(DataError, match="data_pipeline.py"):
-        MarketData.from_split("SYN", "1d", "test")
+    with pytest.raises(DataError, match="feature columns"):
+        MarketData.from_frame(frame[["timestamp", "open", "high", "low", "close", "volume"]], "SYN", "1d")
     frame.loc[3, "close"] = np.nan
-    frame.to_csv(workspace / "data" / "SYN_1d_val_data.csv", index=False)
     with pytest.raises(DataError, match="NaN"):
-        MarketData.from_split("SYN", "1d", "val")
+        MarketData.from_frame(frame, "SYN", "1d")
     with pytest.raises(DataError, match="window"):
         TradingEnv(data, EnvConfig(window=60))

@@ -6,8 +6,8 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 
+from evaluation.markets import random_walk_data
 from rl_env import EnvConfig, TradingEnv, TradingVecEnv
-from rl_env.synthetic import random_walk_data
 
 
 def _actions(mode: str, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -58,7 +58,7 @@ def test_auto_reset_terminal_observation_and_seeding():
     first_starts = vec.t0.copy()
     for step in range(10):
         obs, _, done, infos = vec.step(np.full(3, 2))
-    assert done.all() and step == 9
+        assert done.all() == (step == 9)  # every env truncates exactly at its 10th step
     for i in range(3):
         assert infos[i]["TimeLimit.truncated"] is True
         assert infos[i]["terminal_observation"][-1] == 0.0  # no time left
@@ -75,7 +75,48 @@ def test_sb3_ppo_trains_on_vec_env():
     vec = TradingVecEnv(data, EnvConfig(window=8, episode_length=64), n_envs=4, seed=0)
     model = PPO("MlpPolicy", vec, n_steps=64, batch_size=64, n_epochs=2, seed=0, device="cpu",
                 policy_kwargs={"net_arch": [16]})
+    probe = torch.as_tensor(vec.reset())  # fixed observations to compare the policy on, before and after
+
+    def action_probs() -> torch.Tensor:
+        with torch.no_grad():
+            return model.policy.get_distribution(probe).distribution.probs
+
+    before = action_probs()
     model.learn(total_timesteps=512)
-    assert model.num_timesteps == 512
+    # SB3 saw our episode ends: every env truncates after exactly episode_length (64) steps, so the second
+    # rollout (steps 65..128 of each env) opens on fresh episodes and holds no other episode start
+    buffer = model.rollout_buffer
+    assert buffer.episode_starts[0].all() and not buffer.episode_starts[1:].any()
+    # it trained on finite observations and non-trivial rewards, and that moved the policy
+    assert np.isfinite(buffer.observations).all() and np.isfinite(buffer.rewards).all()
+    assert np.abs(buffer.rewards[:-1]).max() > 0  # (the last row also holds SB3's bootstrap of the truncation)
+    after = action_probs()
+    assert torch.isfinite(after).all() and (after - before).abs().max() > 1e-4, (after - before).abs().max()
     action, _ = model.predict(vec.reset(), deterministic=True)
     assert action.shape == (4,)
+
+
+def test_vectorised_reward_and_bonus_equal_the_scalar_rule():
+    from rl_env.rewards import REWARD_CODES, hindsight_bonus, hindsight_bonuses, step_reward, step_rewards
+
+    rng = np.random.default_rng(3)
+    n = 2000
+    before = rng.uniform(-50.0, 2e5, n)
+    before[:20] = 0.0
+    equity = before * np.exp(rng.normal(0.0, 0.05, n))
+    equity[20:40] = -1.0
+    peak = np.maximum(before, rng.uniform(5e4, 2e5, n))
+    units = np.where(rng.random(n) < 0.3, 0.0, rng.normal(0.0, 100.0, n))
+    ahead, close = rng.uniform(50, 150, n), rng.uniform(50, 150, n)
+    for code in REWARD_CODES.values():
+        batch, batch_peak = step_rewards(code, equity, before, peak.copy(), 1e5, 0.5)
+        for i in range(n):
+            r, p = step_reward(code, float(equity[i]), float(before[i]), float(peak[i]), 1e5, 0.5)
+            assert p == batch_peak[i]
+            if code == REWARD_CODES["log_return"]:  # numpy's vectorised log may differ from libm's in the last bit
+                assert r == pytest.approx(batch[i], rel=4e-16, abs=0.0)
+            else:
+                assert np.float64(r).tobytes() == batch[i].tobytes()
+    bonuses = hindsight_bonuses(0.1, ahead, close, units, 1e5)
+    for i in range(n):
+        assert np.float64(hindsight_bonus(0.1, ahead[i], close[i], units[i], 1e5)).tobytes() == bonuses[i].tobytes()

@@ -17,6 +17,7 @@ from yfinance import cache as yf_cache
 from yfinance.data import YfData
 
 import data_pipeline
+import datafeed
 from datafeed import sources
 
 NY = "America/New_York"
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword:pandas.error
 def _daily_market(n: int, seed: int, start: str) -> pd.DataFrame:
     """Unadjusted daily bars stamped at the 09:30 New York open (as Yahoo does), with quarterly dividends
     and Yahoo's dividend-adjusted close ``adjclose`` (earlier bars scaled by ``1 - dividend / prev close``)."""
-    bars = data_pipeline.generate_synthetic(n, seed=seed, start=start)
+    bars = datafeed.generate_synthetic(n, seed=seed, start=start)
     bars.index = (bars.index.tz_localize(NY) + pd.Timedelta(hours=9, minutes=30)).tz_convert("UTC")
     dividend = np.zeros(n)
     dividend[40::63] = np.round(0.006 * bars["close"].to_numpy()[40::63], 2)
@@ -45,7 +46,7 @@ def _hourly_market(days: pd.DatetimeIndex, seed: int) -> pd.DataFrame:
     """Seven 1h bars per New York session (09:30 .. 15:30), stamped in UTC."""
     stamps = [d.tz_localize(NY) + pd.Timedelta(hours=9, minutes=30) + pd.Timedelta(hours=h)
               for d in days for h in range(7)]
-    bars = data_pipeline.generate_synthetic(len(stamps), seed=seed, interval="1h")
+    bars = datafeed.generate_synthetic(len(stamps), seed=seed, interval="1h")
     bars.index = pd.DatetimeIndex(stamps).tz_convert("UTC")
     bars["adjclose"] = bars["close"]
     bars["dividend"] = 0.0
@@ -234,10 +235,10 @@ def test_first_download_parses_yahoos_json_into_adjusted_splits(yahoo, workspace
     store = sources.read_store("AAPL", "1d")
     pd.testing.assert_frame_equal(store, expected, check_freq=False, rtol=1e-12)
     # The split files carry the same prices, on the exchange's dates.
-    manifest = data_pipeline.load_manifest("AAPL", "1d")
+    manifest = datafeed.load_manifest("AAPL", "1d")
     assert manifest["source"] == "yahoo" and manifest["source_info"]["auto_adjust"] is True
     for split in ("train", "val", "test"):
-        frame = data_pipeline.load_split("AAPL", "1d", split)
+        frame = datafeed.load_split("AAPL", "1d", split)
         assert len(frame) == manifest["ranges"][split]["rows"] > 0
         pd.testing.assert_frame_equal(frame[expected.columns], expected.loc[frame.index], check_freq=False,
                                       rtol=1e-9)

@@ -10,6 +10,7 @@ Layout under ``models/`` (relative to the workspace)::
 
 ``metadata["sha256"]`` is the model file's checksum; :meth:`Registry.verify` checks it before every load, so
 a tampered or truncated model is refused with a :class:`~botcore.errors.ModelFileError` naming the file.
+The registry never imports an algorithm: :func:`agents.load_registered` verifies, then loads.
 
 Champions: per symbol, interval and model type one run is the champion. A new run is promoted only when its
 validation score (annualised Sharpe ratio net of costs on the validation split) beats the champion's by at
@@ -32,7 +33,7 @@ import shutil
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -235,29 +236,6 @@ class Registry:
                 f"model file {record.model_path} fails its sha256 check (expected {expected[:12]}..., found "
                 f"{actual[:12]}...): it was modified or truncated after training; retrain it or restore a copy")
 
-    def load_policy(self, record: RunRecord, env: Any = None) -> Any:
-        """Verify the checksum, then load the model; the result has ``predict(obs, deterministic=True)``.
-
-        :param env: optional env to attach (SB3 and DeepScalper accept one; prediction does not need it).
-        """
-        self.verify(record)
-        algo = record.algo
-        if algo == "deepscalper":
-            from deepscalper import DeepScalper
-
-            return DeepScalper.load(record.model_path, env=env)
-        if algo not in ("ppo", "a2c", "dqn"):
-            raise ModelFileError(f"{record.path / METADATA_FILE}: unknown algo {algo!r}; expected one of "
-                                 f"{', '.join(ALGOS)}")
-        import stable_baselines3 as sb3
-
-        cls = {"ppo": sb3.PPO, "a2c": sb3.A2C, "dqn": sb3.DQN}[algo]
-        try:
-            return cls.load(record.model_path, env=env, device="cpu")
-        except Exception as exc:  # SB3 raises many kinds (zip, pickle, shape, key errors) for a bad file
-            raise ModelFileError(f"model file {record.model_path} cannot be loaded as a {algo.upper()} model: "
-                                 f"{type(exc).__name__}: {exc}") from exc
-
     # --- writing ----------------------------------------------------------------------------------
 
     def register(self, model_file: Path | str, metadata: dict[str, Any], promote: bool = True,
@@ -291,7 +269,7 @@ class Registry:
                 shutil.copyfile(source, tmp)
             meta = dict(metadata)
             meta.update(run_id=run_id, symbol=symbol, sha256=sha256_file(folder / MODEL_FILE),
-                        created=meta.get("created") or datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+                        created=meta.get("created") or datetime.now(UTC).isoformat(timespec="microseconds"),
                         model_file=MODEL_FILE)
             decision = self._decide(symbol, meta["interval"], meta["model_type"], validation_score(meta), promote)
             meta["promotion"] = decision.to_dict()
@@ -387,7 +365,8 @@ class Registry:
         try:
             data = json.loads(target.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise ModelFileError(f"{target} is unreadable ({exc}); restore it from {self.root}/{BACKUP_PREFIX}*")
+            raise ModelFileError(f"{target} is unreadable ({exc}); restore it from "
+                                 f"{self.root}/{BACKUP_PREFIX}*") from exc
         if not isinstance(data, dict):
             raise ModelFileError(f"{target} must hold a JSON object; restore it from {self.root}/{BACKUP_PREFIX}*")
         return {str(k): str(v) for k, v in data.items()}

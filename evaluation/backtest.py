@@ -8,6 +8,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from botcore.errors import UserError
+from evaluation.metrics import sharpe_ratio
 from rl_env.config import EnvConfig
 from rl_env.data import MarketData
 from rl_env.trading_env import TradingEnv, split_order
@@ -61,10 +62,39 @@ class BacktestResult:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+# Cost and account settings taken from the CURRENT config for every model and baseline alike (like for like);
+# the rest of a model's env settings (window, action mode, position limits) come from its own training run.
+SHARED_ENV_FIELDS = ("initial_cash", "commission_rate", "commission_min", "slippage_bps", "spread_bps")
+
+
 def evaluation_config(config: EnvConfig) -> EnvConfig:
     """The config of an evaluation run: whole split from the first decision bar, no hindsight bonus."""
     return config.replace(episode_length=None, random_start=False, hindsight_weight=0.0, hindsight_horizon=0,
                           vol_horizon=0)
+
+
+def evaluation_env_config(cfg: dict[str, Any], action_mode: str, trained: dict[str, Any] | None = None,
+                          **overrides: Any) -> EnvConfig:
+    """The one way an evaluation or validation env config is built.
+
+    :param cfg: the resolved config; its costs and initial cash apply to every model and baseline alike.
+    :param action_mode: the policy's action mode (``box`` for the baselines).
+    :param trained: a registered model's stored ``env_config``: its window, action mode and position limits
+        are kept (the model was trained with them), costs and cash come from ``cfg``.
+    :param overrides: EnvConfig fields (e.g. the baselines' ``window``).
+    """
+    current = EnvConfig.from_config(cfg, action_mode, training=False, **overrides)
+    if trained is None:
+        return current
+    return evaluation_config(EnvConfig.from_dict(trained).replace(
+        **{k: getattr(current, k) for k in SHARED_ENV_FIELDS}))
+
+
+def validation_score(policy: Policy, data: MarketData, config: EnvConfig, ppy: float) -> tuple[float, Any]:
+    """(annualised Sharpe net of costs, BacktestResult) of ``policy`` acting deterministically on ``data`` (the
+    validation split) with the fast engine: the score that keeps the best round and decides promotion."""
+    result = run_backtest(policy, data, config, engine="fast", deterministic=True)
+    return float(sharpe_ratio(result.returns, ppy)), result
 
 
 def make_env(data: MarketData, config: EnvConfig, engine: str = "fast") -> TradingEnv:

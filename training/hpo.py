@@ -15,16 +15,22 @@ worker loads it and runs its share of the trials.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 import logging
 import math
+import multiprocessing as mp
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 from botcore.errors import ConfigError, UserError
+from botcore.signals import StopFlag, stop_on_signals
 from botcore.symbols import safe_name
-from botcore.training import JobResult, JobSpec, StopFlag, run_job, stop_on_signals
+from training.job import JobResult, JobSpec, run_job
+from training.session import Session
+from training.workers import init_worker_process, run_jobs, wait_for_workers
 
 logger = logging.getLogger(__name__)
 
@@ -249,3 +255,55 @@ def summarize(settings: StudySettings) -> StudySummary:
     return StudySummary(best_params=dict(best.params), best_value=float(best.value), best_trial=best.number,
                         n_trials=len(complete) + len(pruned) + len(failed), n_complete=len(complete),
                         n_pruned=len(pruned), n_failed=len(failed), trial_sharpes=[float(t.value) for t in complete])
+
+
+# --- the search, then the final model -----------------------------------------------------------------
+
+def optimize_then_train(spec: JobSpec, cfg: dict[str, Any], session: Session, stop: StopFlag, log_file: Path,
+                        study_name: str | None = None, quiet: bool = False) -> JobResult:
+    """Run the study (in ``--workers`` processes sharing its storage), then retrain the best trial's
+    hyperparameters with the session's seed and register it with the study's trial count."""
+    opt = cfg["optimize"]
+    settings = StudySettings(storage=opt["storage"], study_name=study_name or default_study_name(spec),
+                                 sampler=opt["sampler"], trials=opt["trials"], seeds=opt["seeds"],
+                                 grid=check_grid(spec.algo, opt["grid"]) if opt["sampler"] == "grid" else {})
+    create_study(settings, spec.seed)
+    workers = min(cfg["training_params"]["workers"], settings.trials)
+    base = dataclasses.replace(spec, resume=False)
+    logger.info("%s: Optuna study %s in %s, %d trials, %s sampler, %d worker(s)", spec.label, settings.study_name,
+                settings.storage_redacted, settings.trials, settings.sampler, workers)
+    started = time.monotonic()
+    if workers <= 1:
+        optimize(base, settings, settings.trials, 0, stop)
+    else:
+        shares = [settings.trials // workers + (1 if i < settings.trials % workers else 0) for i in range(workers)]
+        _run_optimize_workers(base, settings, shares, stop, log_file, quiet)
+    if stop.requested:
+        return JobResult.of(spec, "stopped",
+                            "optimization stopped by a signal; run again to add trials to the same study")
+    summary = summarize(settings)
+    logger.info("%s: best trial #%d, validation Sharpe %.3f, params %s (%d trials)", spec.label, summary.best_trial,
+                summary.best_value, summary.best_params, summary.n_trials)
+    study_info = {"study": settings.study_name, "storage": settings.storage_redacted, "sampler": settings.sampler,
+                  "seeds": settings.seeds, "seconds": round(time.monotonic() - started, 3), **summary.to_dict()}
+    session.data["optimize"] = (session.data["optimize"] or []) + [dict(study_info, symbol=spec.symbol,
+                                                                        model_type=spec.model_type)]
+    session.save()
+    final = dataclasses.replace(spec, hyperparams=summary.best_params, hpo_trials=max(1, summary.n_trials),
+                                trial_sharpes=summary.trial_sharpes, extra_metadata={"optuna": study_info})
+    return run_jobs([final], 1, stop, str(log_file), quiet)[0]
+
+
+def _run_optimize_workers(base: JobSpec, settings: Any, shares: list[int], stop: StopFlag, log_file: Path,
+                          quiet: bool) -> None:
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=len(shares), mp_context=ctx, initializer=init_worker_process,
+                                initargs=(str(log_file), quiet)) as pool:
+        futures = [pool.submit(optimize_worker, base, settings, n, i) for i, n in enumerate(shares)]
+        wait_for_workers(futures, stop)
+        for fut in futures:
+            if fut.cancelled():
+                continue
+            exc = fut.exception()
+            if exc is not None:
+                raise UserError(f"an Optuna worker failed: {type(exc).__name__}: {exc}")

@@ -139,7 +139,7 @@ def create_plots(results: Mapping[str, Any], metrics: Mapping[str, Mapping[str, 
     if not hi > lo:
         lo, hi = lo - 0.5, hi + 0.5
     bins = np.linspace(lo, hi, 60)
-    for (name, res), r in zip(results.items(), all_r):
+    for name, r in zip(results, all_r):
         r = r[np.isfinite(r) & (r != 0.0)]  # bars out of the market (return exactly 0) would swamp the rest
         if r.size:
             ax.hist(np.clip(r, lo, hi), bins=bins, histtype="step", linewidth=1.2, label=_label(name, base),

@@ -27,7 +27,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
 
@@ -60,7 +60,7 @@ class Alert:
         if self.severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {SEVERITIES}, not {self.severity!r}")
         if not self.time:
-            self.time = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            self.time = datetime.now(UTC).isoformat(timespec="seconds")
 
     @property
     def title(self) -> str:
@@ -127,7 +127,7 @@ class Notifier:
                 continue
             try:
                 deliver(alert)
-            except Exception as exc:  # a notifier never breaks the job that raised the alert
+            except Exception as exc:  # noqa: BLE001 (a notifier never breaks the job that raised the alert)
                 reason = self.redact(f"{type(exc).__name__}: {exc}")
                 logger.error("alert not delivered by %s: %s", channel, reason)
                 result[channel] = f"failed: {reason}"

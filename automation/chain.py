@@ -1,0 +1,188 @@
+"""The chain: ``data_pipeline.py --update-data`` per symbol, then ``train_bot.py`` per symbol and model type,
+then ``evaluate_bot.py`` per symbol.
+
+A unit whose upstream step failed in its latest run is skipped (training after a failed data update,
+evaluation when no training of the symbol succeeded) and raises an alert. One unit failing does not stop the
+others of its job.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from automation.monitor import AlertLog, Monitor
+from automation.runner import Runner, UnitResult
+from automation.schedule import JOBS, Clock, iso
+from automation.state import StateStore
+from botcore.errors import UserError
+from botcore.lock import WorkspaceLock
+from botcore.signals import StopFlag
+from botcore.symbols import validate_symbol
+
+logger = logging.getLogger(__name__)
+
+SCRIPTS = {"data": "data_pipeline.py", "training": "train_bot.py", "evaluation": "evaluate_bot.py"}
+
+
+@dataclass
+class Unit:
+    name: str  # e.g. training/GOOGL/deepscalper
+    job: str
+    symbol: str
+    script: str
+    args: list[str]
+
+
+class JobPlan:
+    """What each job runs, from the config, and the chain rule.
+
+    :param cfg: the resolved config (``load_config``); its symbols are validated here.
+    :param config_file: passed to the child scripts as ``--config`` when given.
+    """
+
+    def __init__(self, cfg: dict[str, Any], config_file: Path | None = None) -> None:
+        self.interval = cfg["data"]["interval"]
+        self.symbols = [validate_symbol(s) for s in cfg["symbols"]]
+        self.model_types = list(cfg["model_types"])
+        self.config_file = Path(config_file).resolve() if config_file else None
+
+    def units(self, job: str) -> list[Unit]:
+        common = ["--interval", self.interval, "--quiet"]
+        if self.config_file:
+            common += ["--config", str(self.config_file)]
+        if job == "data":
+            return [Unit(f"data/{s}", job, s, SCRIPTS[job], ["--symbols", s, "--update-data", *common])
+                    for s in self.symbols]
+        if job == "training":
+            return [Unit(f"training/{s}/{m}", job, s, SCRIPTS[job], ["--model-type", m, "--symbol", s, *common])
+                    for s in self.symbols for m in self.model_types]
+        if job == "evaluation":
+            return [Unit(f"evaluation/{s}", job, s, SCRIPTS[job], ["--symbol", s, *common]) for s in self.symbols]
+        raise UserError(f"unknown job {job!r}; use one of {', '.join(JOBS)} or all")
+
+    def blocked_by(self, unit: Unit, latest_units: dict[str, dict[str, Any]]) -> str | None:
+        """Why ``unit`` must not run: its upstream step's latest run did not succeed (None when it may run).
+
+        :param latest_units: the state's ``units`` (unit name -> its latest run).
+        """
+        if unit.job in ("training", "evaluation"):
+            data = latest_units.get(f"data/{unit.symbol}")
+            if data and data.get("outcome") != "ok":
+                return f"the latest data update of {unit.symbol} ({data.get('start')}) {data.get('outcome')}"
+        if unit.job == "evaluation":
+            runs = [latest_units[k] for k in (f"training/{unit.symbol}/{m}" for m in self.model_types)
+                    if k in latest_units]
+            if runs and all(r.get("outcome") != "ok" for r in runs):
+                return f"no training of {unit.symbol} succeeded in its latest run"
+        return None
+
+
+class Chain:
+    """Runs the units of a job in order, records each in the state, monitors and alerts.
+
+    :param plan: the units and the chain rule.
+    :param runner: launches one unit of work.
+    :param timeout_seconds: the limit of one unit (``training_schedule.job_timeout_minutes``).
+    :param store: the state, saved after every step so that a crash loses nothing.
+    :param alerts: failures and skips are reported here.
+    :param monitor: the checks after an evaluation and a data update.
+    :param job_lock: held by the caller; its detail names the running unit (shown by ``--status``).
+    :param clock: the time recorded for each unit.
+    :param stop: when requested, the running unit is ended and no further unit starts.
+    """
+
+    def __init__(self, plan: JobPlan, runner: Runner, timeout_seconds: float, *, store: StateStore,
+                 alerts: AlertLog, monitor: Monitor, job_lock: WorkspaceLock, clock: Clock, stop: StopFlag) -> None:
+        self.plan = plan
+        self.runner = runner
+        self.timeout_seconds = timeout_seconds
+        self.store = store
+        self.alerts = alerts
+        self.monitor = monitor
+        self.job_lock = job_lock
+        self.clock = clock
+        self.stop = stop
+
+    def run_job(self, job: str, trigger: str, force: bool = False) -> str:
+        """Run every unit of ``job`` (the caller holds the job lock). One unit failing does not stop the others.
+
+        :param trigger: ``schedule``, ``catch-up`` or ``run-once`` (recorded in the state).
+        :param force: ignore the chain (run even when the upstream step failed).
+        :return: the job's outcome: ``ok``, ``partial``, ``failed``, ``skipped`` or ``aborted``.
+        """
+        jobs = self.store.data["jobs"]
+        jobs[job] = {"start": self._now_iso(), "end": None, "outcome": "running", "error": "",
+                     "trigger": trigger, "pid": os.getpid()}
+        self.store.save()
+        logger.info("job %s started (%s)", job, trigger)
+        outcomes: dict[str, UnitResult] = {}
+        for unit in self.plan.units(job):
+            if self.stop.requested:
+                break
+            outcomes[unit.name] = self._run_unit(unit, trigger, force)
+        outcome = self._job_outcome(outcomes)
+        failed = {k: r for k, r in outcomes.items() if r.outcome in ("failed", "timeout")}
+        skipped = {k: r for k, r in outcomes.items() if r.outcome == "skipped"}
+        summary = "; ".join(f"{k}: {r.outcome}: {r.error}" for k, r in outcomes.items() if r.outcome != "ok")
+        jobs[job] = {**jobs[job], "end": self._now_iso(), "outcome": outcome, "error": summary}
+        if failed:
+            self.alerts.alert("job_failed", job, f"{len(failed)} of {len(outcomes)} {job} units failed: "
+                              + "; ".join(f"{k}: {r.error}" for k, r in failed.items()), severity="critical",
+                              details={k: r.outcome for k, r in failed.items()})
+        if skipped:
+            self.alerts.alert("job_skipped", job, f"{len(skipped)} {job} units skipped because an earlier step "
+                              "failed: " + "; ".join(f"{k}: {r.error}" for k, r in skipped.items()),
+                              details={k: r.error for k, r in skipped.items()})
+        self.store.save()
+        logger.info("job %s finished: %s", job, outcome)
+        return outcome
+
+    def _run_unit(self, unit: Unit, trigger: str, force: bool) -> UnitResult:
+        """Run (or skip) one unit, record it, run the checks that follow it and save the state."""
+        reason = None if force else self.plan.blocked_by(unit, self.store.data["units"])
+        start = self._now_iso()
+        before: dict[Path, float] = {}
+        if reason:
+            result = UnitResult("skipped", reason)
+            logger.warning("%s skipped: %s", unit.name, reason)
+        else:
+            self.job_lock.update_detail(f"{trigger} {unit.name}")
+            self.store.data["units"][unit.name] = {"start": start, "end": None, "outcome": "running", "error": "",
+                                                   "trigger": trigger, "pid": os.getpid()}
+            self.store.save()
+            if unit.job == "evaluation":
+                before = self.monitor.comparison_files(unit.symbol)
+            logger.info("%s: %s %s", unit.name, unit.script, " ".join(unit.args))
+            try:
+                result = self.runner(unit.script, list(unit.args), self.timeout_seconds, self.stop)
+            except Exception as exc:  # a broken runner is one failed unit, not a dead daemon
+                logger.exception("%s: the runner failed", unit.name)
+                result = UnitResult("failed", f"could not run {unit.script}: {type(exc).__name__}: {exc}")
+            log = logger.info if result.outcome == "ok" else logger.error
+            log("%s: %s%s", unit.name, result.outcome, f" ({result.error})" if result.error else "")
+        result.error = self.alerts.notifier.redact(result.error)
+        self.store.record_unit(unit.name, {"start": start, "end": self._now_iso(), "outcome": result.outcome,
+                                           "error": result.error, "trigger": trigger,
+                                           "returncode": result.returncode})
+        if unit.job == "evaluation" and result.outcome == "ok":
+            self.monitor.check_evaluation(unit.symbol, before)
+        if unit.job in ("data", "evaluation") and result.outcome in ("ok", "failed", "timeout"):
+            self.monitor.check_data_age(unit.symbol)
+        self.store.save()
+        return result
+
+    def _job_outcome(self, outcomes: dict[str, UnitResult]) -> str:
+        kinds = {r.outcome for r in outcomes.values()}
+        if self.stop.requested or "aborted" in kinds:
+            return "aborted"
+        if not kinds or kinds == {"ok"}:
+            return "ok"
+        if kinds == {"skipped"}:
+            return "skipped"
+        return "partial" if "ok" in kinds else "failed"
+
+    def _now_iso(self) -> str:
+        return iso(self.clock.now())

@@ -1,0 +1,120 @@
+"""Time: the clock, the configured time zone and the timetable of the three jobs.
+
+Each job runs at its time of day from ``training_schedule`` (``data_update_at``, ``daily_at``,
+``evaluation_at``) in ``training_schedule.timezone``, once a week when ``weekday`` is set. The ``schedule``
+library keeps naive local times; :class:`Timetable` converts them to the configured zone.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytz
+import schedule
+
+from botcore.errors import ConfigError
+from botcore.signals import StopFlag
+
+JOBS = ("data", "training", "evaluation")  # in chain order
+AT_KEYS = {"data": "data_update_at", "training": "daily_at", "evaluation": "evaluation_at"}
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+
+class Clock:
+    """The wall clock. Tests pass a controllable one (same two methods)."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def sleep(self, seconds: float, stop: StopFlag) -> None:
+        stop.wait(seconds)
+
+
+def iso(moment: datetime) -> str:
+    """``moment`` as ISO 8601 in UTC to the second (the format of every time in the state file)."""
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def parse_time(text: Any) -> datetime | None:
+    """An ISO 8601 time as an aware datetime (naive means UTC); None for anything else."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def resolve_timezone(name: str) -> pytz.BaseTzInfo:
+    """The pytz zone for ``training_schedule.timezone``, or ConfigError with a suggestion."""
+    try:
+        return pytz.timezone(name)
+    except pytz.UnknownTimeZoneError:
+        hint = difflib.get_close_matches(name, pytz.all_timezones, n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else " (e.g. UTC, Europe/Berlin, America/New_York)"
+        raise ConfigError(f"training_schedule.timezone = {name!r} is not a known time zone{extra}") from None
+
+
+class Timetable:
+    """When each job runs.
+
+    :param sched_cfg: the ``training_schedule`` section of the config.
+    """
+
+    def __init__(self, sched_cfg: dict[str, Any]) -> None:
+        self.cfg = sched_cfg
+        self.tz = resolve_timezone(sched_cfg["timezone"])
+
+    def build_scheduler(self, action: Callable[[str], None]) -> schedule.Scheduler:
+        """One ``schedule`` job per step at its time of day in ``training_schedule.timezone``."""
+        scheduler = schedule.Scheduler()
+        weekday = self.cfg.get("weekday")
+        for job in JOBS:
+            every = scheduler.every()
+            period = getattr(every, weekday) if weekday else every.day
+            period.at(self.cfg[AT_KEYS[job]], self.tz).do(action, job).tag(job)
+        return scheduler
+
+    def next_runs(self, scheduler: schedule.Scheduler) -> dict[str, str]:
+        """Next run of each job, ISO 8601 in the configured time zone (schedule keeps naive local times)."""
+        out = {}
+        for item in scheduler.get_jobs():
+            job = next(iter(item.tags))
+            if item.next_run is not None:
+                out[job] = item.next_run.astimezone(self.tz).isoformat(timespec="minutes")
+        return out
+
+    def previous_slot(self, job: str, now: datetime) -> datetime:
+        """The latest scheduled time of ``job`` at or before ``now``."""
+        hour, minute = map(int, self.cfg[AT_KEYS[job]].split(":"))
+        weekday = self.cfg.get("weekday")
+        wanted = None if weekday is None else WEEKDAYS.index(weekday)
+        today: date = now.astimezone(self.tz).date()
+        for back in range(9):
+            day = today - timedelta(days=back)
+            if wanted is not None and day.weekday() != wanted:
+                continue
+            slot = self.tz.normalize(self.tz.localize(datetime(day.year, day.month, day.day, hour, minute)))
+            if slot <= now:
+                return slot
+        raise AssertionError("unreachable: a slot exists within 8 days")
+
+    def missed_jobs(self, last_seen: datetime | None, now: datetime,
+                    latest_runs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Jobs whose latest slot fell while no daemon was running and that have not run since.
+
+        :param last_seen: when a daemon was last seen alive (None: never, so nothing was missed).
+        :param latest_runs: the state's ``jobs`` (job -> its latest run, with ``start``).
+        """
+        if not self.cfg["catch_up_missed"] or last_seen is None:
+            return []
+        missed = []
+        for job in JOBS:
+            slot = self.previous_slot(job, now)
+            last_start = parse_time(latest_runs.get(job, {}).get("start"))
+            if last_seen < slot and (last_start is None or last_start < slot):
+                missed.append(job)
+        return missed

@@ -1,0 +1,126 @@
+"""What ``automate_training.py --status`` reports: the daemon, the job lock, the last and next runs, the
+champions with their latest test metrics, and the recent alerts."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytz
+
+from agents.registry import Registry
+from automation.schedule import JOBS, Timetable, parse_time
+from automation.state import StateStore
+from botcore import paths
+from botcore.errors import UserError
+from botcore.lock import DAEMON_LOCK, WorkspaceLock, describe_holder
+
+
+def collect_status(store: StateStore, timetable: Timetable, job_lock: WorkspaceLock) -> dict[str, Any]:
+    """Everything ``--status`` shows, as a JSON-able dict (no secrets: alerts are stored redacted).
+
+    :param store: the state; it is read again here (the daemon may have written it).
+    :param timetable: gives the next runs when no daemon is running.
+    :param job_lock: the workspace's job lock (only its holder is read).
+    """
+    store.reload()
+    store.recover_interrupted()
+    state = store.data
+    daemon_lock = WorkspaceLock(DAEMON_LOCK, role="daemon")
+    holder = daemon_lock.holder()
+    job_holder = job_lock.holder()
+    daemon = dict(state["daemon"])
+    daemon["running"] = holder is not None
+    if holder:
+        daemon["pid"] = holder.get("pid")
+    daemon["stale_lock"] = daemon_lock.stale_holder()
+    if holder is not None and state.get("next_runs"):
+        next_runs, source = state["next_runs"], "daemon"
+    else:
+        next_runs, source = timetable.next_runs(timetable.build_scheduler(lambda job: None)), "config"
+    return {
+        "workspace": str(paths.workspace()),
+        "timezone": timetable.tz.zone,
+        "daemon": daemon,
+        "job_lock": {"held": job_holder is not None, "holder": job_holder},
+        "jobs": {job: state["jobs"].get(job) for job in JOBS},
+        "units": state["units"],
+        "next_runs": next_runs,
+        "next_runs_source": source,
+        "champions": _champions(store),
+        "recent_alerts": state["alerts"][-10:],
+    }
+
+
+def _champions(store: StateStore) -> list[dict[str, Any]] | dict[str, str]:
+    """Each registered champion with its validation Sharpe ratio and its latest test by the automation."""
+    try:
+        records = Registry().champions()
+    except UserError as exc:
+        return {"error": str(exc)}
+    out = []
+    for rec in records:
+        latest = next((h for h in reversed(store.metrics_history(rec.key)) if h.get("run_id") == rec.run_id), None)
+        out.append({"key": rec.key, "run_id": rec.run_id, "algo": rec.algo, "created": rec.created,
+                    "validation_sharpe": None if math.isnan(rec.score) else rec.score,
+                    "latest_test": latest})
+    return out
+
+
+def format_status(st: dict[str, Any]) -> str:
+    """The human-readable ``--status`` report of :func:`collect_status`."""
+    tz = pytz.timezone(st["timezone"])
+
+    def when(text: Any) -> str:
+        moment = parse_time(text)
+        return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z") if moment else "-"
+
+    d = st["daemon"]
+    lines = [f"workspace: {st['workspace']}"]
+    if d["running"]:
+        lines.append(f"daemon: running (pid {d.get('pid')}, started {when(d.get('started'))}, "
+                     f"last seen {when(d.get('last_seen'))})")
+    else:
+        seen = f" (last seen {when(d.get('last_seen'))})" if d.get("last_seen") else " (never started here)"
+        lines.append(f"daemon: not running{seen}")
+    if d.get("stale_lock"):
+        lines.append(f"  stale lock left by pid {d['stale_lock'].get('pid')} (no longer running); "
+                     "the next daemon takes it over")
+    lock = st["job_lock"]
+    lines.append(f"job lock: {'held by ' + describe_holder(lock['holder']) if lock['held'] else 'free'}")
+    lines.append("last runs:")
+    for job in JOBS:
+        j = st["jobs"].get(job)
+        if not j:
+            lines.append(f"  {job:<11} never run")
+            continue
+        lines.append(f"  {job:<11} {j.get('outcome'):<11} {when(j.get('start'))} -> {when(j.get('end'))} "
+                     f"({j.get('trigger')})")
+        for name, unit in sorted(st["units"].items()):
+            if name.startswith(job + "/"):
+                err = f": {unit['error']}" if unit.get("error") else ""
+                lines.append(f"    {name:<34} {unit.get('outcome')}{err}")
+    label = "daemon" if st["next_runs_source"] == "daemon" else "if the daemon ran now"
+    lines.append(f"next runs ({label}, {st['timezone']}):")
+    for job in JOBS:
+        lines.append(f"  {job:<11} {st['next_runs'].get(job, '-')}")
+    champs = st["champions"]
+    lines.append("champions:")
+    if isinstance(champs, dict):
+        lines.append(f"  unreadable: {champs['error']}")
+    elif not champs:
+        lines.append("  none registered yet (train_bot.py registers them)")
+    for c in champs if isinstance(champs, list) else []:
+        val = "n/a" if c["validation_sharpe"] is None else f"{c['validation_sharpe']:.3f}"
+        test = c.get("latest_test")
+        if test:
+            sh = "n/a" if test.get("sharpe_ratio") is None else f"{test['sharpe_ratio']:.3f}"
+            dd = "n/a" if test.get("max_drawdown_pct") is None else f"{test['max_drawdown_pct']:.2f}%"
+            latest = f"latest test Sharpe {sh}, max drawdown {dd} ({when(test.get('time'))})"
+        else:
+            latest = "not evaluated by the automation yet"
+        lines.append(f"  {c['key']:<28} {c['run_id']} ({c['algo']}) validation Sharpe {val}; {latest}")
+    lines.append("recent alerts:" if st["recent_alerts"] else "recent alerts: none")
+    for a in st["recent_alerts"]:
+        lines.append(f"  {when(a.get('time'))} [{a.get('severity')}] {a.get('kind')} {a.get('subject')}: "
+                     f"{a.get('message')}")
+    return "\n".join(lines)

@@ -1,0 +1,108 @@
+"""The one reader of prepared datasets: training, evaluation, the daemon and the scripts all read through here.
+
+A prepared dataset is what ``data_pipeline.py`` writes for one symbol and interval (see ``datafeed.splits``):
+three split files and, written last, a manifest holding their sha256 hashes and its own ``manifest_hash``.
+Every read checks the manifest's hash and the split file's hash against it, so a split that was edited,
+truncated or left over from another run is refused with a :class:`~botcore.errors.DataError` that names the
+command to recreate it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from botcore import paths
+from botcore.atomic import sha256_file
+from botcore.errors import DataError, UserError
+from botcore.markets import infer_market
+from datafeed.splits import SPLITS, manifest_hash
+
+
+def data_command(symbol: str, interval: str) -> str:
+    """The command that (re)creates the dataset of ``symbol`` and ``interval``."""
+    return f"python data_pipeline.py --symbols {symbol} --interval {interval}"
+
+
+def load_manifest(symbol: str, interval: str) -> dict[str, Any]:
+    """The manifest of a prepared symbol; DataError when missing, unreadable or edited."""
+    path = paths.manifest_path(symbol, interval)
+    if not path.is_file():
+        raise DataError(f"no prepared dataset for {symbol} {interval} ({_relative(path)} is missing); "
+                        f"make it with: {data_command(symbol, interval)}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError covers JSON and UTF-8 decoding errors
+        raise DataError(f"{path}: unreadable ({exc}); recreate it with: {data_command(symbol, interval)}") from exc
+    if not isinstance(manifest, dict) or manifest.get("manifest_hash") != manifest_hash(manifest):
+        raise DataError(f"{path}: its content does not match its manifest_hash (edited or corrupt); "
+                        f"recreate it with: {data_command(symbol, interval)}")
+    return manifest
+
+
+def load_split(symbol: str, interval: str, split: str, manifest: dict[str, Any] | None = None) -> pd.DataFrame:
+    """One prepared split, checked against its manifest: a DatetimeIndex named ``timestamp``, OHLCV, then
+    the ``f_*`` features.
+
+    :param manifest: the already loaded manifest (read and checked here when None).
+    """
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; use train, val or test")
+    manifest = manifest if manifest is not None else load_manifest(symbol, interval)
+    path = paths.split_path(symbol, interval, split)
+    if not path.is_file():
+        raise DataError(f"no prepared dataset for {symbol} {interval} ({_relative(path)} is missing); "
+                        f"make it with: {data_command(symbol, interval)}")
+    expected = (manifest.get("hashes") or {}).get(split)
+    if expected != sha256_file(path):
+        raise DataError(f"{path}: does not match its manifest (changed since it was written); "
+                        f"recreate it with: {data_command(symbol, interval)}")
+    try:
+        frame = pd.read_csv(path, index_col="timestamp", parse_dates=["timestamp"])
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: unreadable ({exc}); recreate it with: {data_command(symbol, interval)}") from exc
+    frame.index = pd.DatetimeIndex(frame.index, name="timestamp")
+    return frame
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A prepared dataset whose manifest has been read and checked; ``split(name)`` reads one split.
+
+    :param symbol: as given to data_pipeline.py, e.g. ``"GOOGL"``.
+    :param interval: bar interval, e.g. ``"1d"``.
+    :param manifest: the checked manifest (ranges, hashes, feature columns, normalisation, source).
+    """
+
+    symbol: str
+    interval: str
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, symbol: str, interval: str) -> Dataset:
+        """Read and check the manifest; DataError (naming the data_pipeline.py command) when it is missing."""
+        return cls(symbol, interval, load_manifest(symbol, interval))
+
+    def split(self, name: str) -> pd.DataFrame:
+        return load_split(self.symbol, self.interval, name, self.manifest)
+
+    @property
+    def market(self) -> str:
+        return self.manifest.get("market") or infer_market(self.symbol)
+
+    @property
+    def hash(self) -> str:
+        return str(self.manifest["manifest_hash"])
+
+    @property
+    def command(self) -> str:
+        return data_command(self.symbol, self.interval)
+
+
+def _relative(path: Any) -> str:
+    try:
+        return str(path.relative_to(paths.workspace()))
+    except ValueError:
+        return str(path)
