@@ -3,8 +3,8 @@
 Commands::
 
     python automate_training.py --create-config [--force]     # training_config.json with the defaults
-    python automate_training.py --status [--json]             # daemon, last/next runs, champions, alerts
-    python automate_training.py --run-once data|training|evaluation|all [--force]
+    python automate_training.py --status [--json]             # daemon, runs, champions, paper accounts, alerts
+    python automate_training.py --run-once data|trade|training|evaluation|all [--force]
     python automate_training.py                               # the daemon
 
 The chain: ``data_pipeline.py --update-data`` per symbol, then ``train_bot.py`` per symbol and model type,
@@ -13,6 +13,9 @@ then ``evaluate_bot.py`` per symbol, each at its time of day from ``training_sch
 (``job_timeout_minutes``): a crash, a hang or a memory leak in training cannot take the daemon down, and
 SIGTERM can end a unit cleanly. A unit whose upstream step failed in its latest run is skipped (training
 after a failed data update, evaluation when no training of the symbol succeeded) and raises an alert.
+With ``trading.enabled`` (the default) the trade job follows every data update (and a training that changed a
+champion): each champion, and its newest challengers in shadow, decide on every new bar on paper accounts in
+the ledger (``results/paper_ledger.db``), checked against a backtest replay and against their validation period.
 
 Exit codes: 0 success (and the daemon after SIGTERM/SIGINT); 1 a unit failed, timed out or was skipped, a
 daemon is already running, or another user error; 2 a bad config; 3 ``--run-once`` found the job lock
@@ -34,7 +37,7 @@ from pathlib import Path
 from agents.config import load_config, write_default_config
 from automation.daemon import STOP_MESSAGE, Automation
 from automation.runner import Runner
-from automation.schedule import JOBS, Clock
+from automation.schedule import JOBS, RUN_ONCE_JOBS, Clock
 from automation.status import format_status
 from botcore import paths
 from botcore.cli import run_guarded
@@ -54,9 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--create-config", action="store_true",
                         help="write training_config.json (or --config) with the defaults")
-    action.add_argument("--status", action="store_true", help="daemon, last and next runs, champions, alerts")
-    action.add_argument("--run-once", choices=[*JOBS, "all"], metavar="JOB",
-                        help="run one job now: data, training, evaluation or all (the chain), then exit")
+    action.add_argument("--status", action="store_true",
+                        help="daemon, last and next runs, champions, paper accounts (champions and shadows), alerts")
+    action.add_argument("--run-once", choices=[*RUN_ONCE_JOBS, "all"], metavar="JOB",
+                        help="run one job now: data, trade (paper trading), training, evaluation or all (the chain), "
+                             "then exit")
     parser.add_argument("--config", type=Path, help="config file (default ./training_config.json)")
     parser.add_argument("--force", action="store_true",
                         help="--create-config: overwrite; --run-once: run even when the upstream step failed")

@@ -21,9 +21,10 @@ from typing import Any
 
 from agents.config import load_config
 from botcore import paths
-from botcore.cli import run_guarded
+from botcore.cli import run_guarded, seed_number, whole_number
+from botcore.config import MAX_SYNTHETIC_BARS
 from botcore.errors import UserError
-from botcore.logsetup import setup_logging
+from botcore.logsetup import current_log_file, setup_logging
 from botcore.symbols import validate_symbol
 from datafeed.pipeline import DEFAULT_SYNTHETIC_BARS, prepare_symbols
 from datafeed.sources import SYNTHETIC_KINDS
@@ -46,14 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-end", help="last date of the val split; test runs from there to the end")
     p.add_argument("--train-fraction", type=float, help="share of bars for train when no split dates are given")
     p.add_argument("--val-fraction", type=float, help="share of bars for val when no split dates are given")
-    p.add_argument("--embargo-bars", type=int, help="bars left out between splits (default: longest feature "
-                                                    "window)")
+    p.add_argument("--embargo-bars", type=whole_number(0),
+                   help="bars left out between splits (default: longest feature window)")
     p.add_argument("--update-data", action="store_true",
                    help="yahoo: fetch new bars and append them to data/raw/ (default: use the local store "
                         "when it exists)")
-    p.add_argument("--seed", type=int, help="synthetic source: seed of the first symbol (the next get seed+1, ...)")
+    p.add_argument("--seed", type=seed_number,
+                   help="synthetic source: seed of the first symbol (the next get seed+1, ...)")
     p.add_argument("--synthetic-kind", choices=SYNTHETIC_KINDS, default="gbm", help="synthetic generator")
-    p.add_argument("--bars", type=int, default=DEFAULT_SYNTHETIC_BARS, help="synthetic source: bars per symbol")
+    p.add_argument("--bars", type=whole_number(2, MAX_SYNTHETIC_BARS), default=DEFAULT_SYNTHETIC_BARS,
+                   help=f"synthetic source: bars per symbol (2 to {MAX_SYNTHETIC_BARS:,})")
     p.add_argument("--config", help="config file (default: ./training_config.json when it exists)")
     p.add_argument("--quiet", action="store_true", help="warnings and errors only; no progress bar")
     p.add_argument("--verbose", action="store_true", help="debug messages on the terminal")
@@ -74,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        log_file = setup_logging("data_pipeline", quiet=args.quiet, verbose=args.verbose)
+        setup_logging("data_pipeline", quiet=args.quiet, verbose=args.verbose)
+        log_file = current_log_file()  # None when logs/ cannot be written (setup_logging has said so)
         cfg = load_config(args.config, overrides=_overrides(args))
         data = cfg["data"]
         symbols = list(dict.fromkeys(validate_symbol(s) for s in cfg["symbols"]))
@@ -89,9 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             csv_files = list(files)
         elif args.csv:
             raise UserError("--csv is only used with --source csv")
-        if args.bars < 2:
-            raise UserError("--bars must be 2 or more")
-        logger.info("data pipeline: %d symbol(s) from %s; log %s", len(symbols), data["source"], log_file)
+        logger.info("data pipeline: %d symbol(s) from %s; log %s", len(symbols), data["source"],
+                    log_file or "not written")
 
         report = prepare_symbols(symbols, cfg, csv_files=csv_files, update=args.update_data,
                                  interval_given=args.interval is not None, synthetic_kind=args.synthetic_kind,

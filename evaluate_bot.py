@@ -3,8 +3,9 @@
 Examples::
 
     python evaluate_bot.py --symbol AAPL --create-plots
-    python evaluate_bot.py --symbol GOOGL --models <run ids or paths> --engine backtrader --split test
+    python evaluate_bot.py --symbol GOOGL --models <run ids> --engine backtrader --split test
     python evaluate_bot.py --symbol SYN --synthetic --seed 3 --create-plots
+    python evaluate_bot.py --symbol GOOGL --signal [--model RUN|champion] [--json]
 
 Every model (default: every registered model of the symbol and interval, champions and challengers) and four
 baselines (buy and hold, flat, moving-average crossover, seeded random) are backtested on the same split with the
@@ -17,17 +18,25 @@ Exit code 0 when the evaluation ran (whatever it found), 1 on errors, 2 on a bad
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from agents.config import INTERVALS, load_config
-from botcore.cli import run_guarded
+from botcore import paths
+from botcore.cli import run_guarded, seed_number, whole_number
+from botcore.config import MAX_SYNTHETIC_BARS
 from botcore.errors import UserError
 from botcore.logsetup import setup_logging
+from botcore.signals import StopFlag, stop_on_signals
 from botcore.symbols import validate_symbol
 from datafeed.sources import SYNTHETIC_KINDS
 from evaluation.compare import evaluate_symbol, format_table
+from evaluation.report import write_walkforward_report
+from trading.signals import compute_signals, format_signals
+from training.walkforward import WalkForwardSettings, format_walkforward, run_walkforward, write_report
 
 logger = logging.getLogger("evaluate_bot")
 
@@ -38,42 +47,110 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--symbol", nargs="+", required=True, help="one or more symbols, e.g. GOOGL EURUSD")
     p.add_argument("--interval", choices=INTERVALS, help="bar interval (default: data.interval of the config)")
     p.add_argument("--models", nargs="+", metavar="RUN",
-                   help="run ids or run folders/model paths (default: every registered model of the symbol)")
+                   help="run ids of the registry (default: every registered model of the symbol); a model from "
+                        "elsewhere is imported first: train_bot.py --import-model PATH")
     p.add_argument("--engine", choices=ENGINES,
                    help="backtest engine (default: evaluation.engine); 'both' also reports how far they differ")
     p.add_argument("--split", choices=("train", "val", "test"), help="split to backtest on (default: test)")
     p.add_argument("--synthetic", action="store_true",
                    help="backtest on a seeded synthetic series made by data_pipeline's generators")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic series (with --synthetic)")
-    p.add_argument("--bars", type=int, default=2500,
-                   help="bars of the synthetic series before splitting (as data_pipeline.py --source synthetic)")
+    p.add_argument("--seed", type=seed_number, default=0, help="seed of the synthetic series (with --synthetic)")
+    p.add_argument("--bars", type=whole_number(200, MAX_SYNTHETIC_BARS), default=2500,
+                   help="bars of the synthetic series before splitting (as data_pipeline.py --source synthetic; "
+                        f"200 to {MAX_SYNTHETIC_BARS:,})")
     p.add_argument("--kind", choices=SYNTHETIC_KINDS, default="gbm", help="synthetic generator")
     p.add_argument("--create-plots", action="store_true", help="write PNG plots and an HTML report to results/")
     p.add_argument("--config", help="config file (default: ./training_config.json when it exists)")
     p.add_argument("--psr-level", type=float, help="PSR a model needs for a recommendation (default: "
                                                    "monitoring.psr_level, 0.95)")
     p.add_argument("--quiet", action="store_true", help="only warnings on the terminal; print just the verdict")
+    sig = p.add_argument_group("signal (the model's decision on the newest prepared bar)")
+    sig.add_argument("--signal", action="store_true",
+                     help="print the decision of the model(s) on the newest prepared bar: the order (market or limit "
+                          "price, units), the target position, the bar, the model's age, whether the data is stale")
+    sig.add_argument("--model", metavar="RUN|champion", help="with --signal: a run id, or champion (default: the "
+                                                             "champion of each model type)")
+    sig.add_argument("--json", action="store_true", help="with --signal: print JSON")
+    wf = p.add_argument_group("walk-forward (replay the retrain loop over the whole history)")
+    wf.add_argument("--walk-forward", action="store_true",
+                    help="train a model per fold, replay promotion in time order, stitch the test windows")
+    wf.add_argument("--model-type", choices=("deepscalper", "backtrader", "both"),
+                    help="model type(s) to retrain (default: the config's model_types)")
+    wf.add_argument("--train-bars", type=whole_number(50, 10**9), help="bars each fold trains on, validation tail "
+                    "included (default: walkforward.train_bars, else the train and val splits' rows)")
+    cadence = wf.add_mutually_exclusive_group()
+    cadence.add_argument("--test-bars", type=whole_number(1, 10**9),
+                         help="bars each fold trades before the next retrain (default: the training schedule's)")
+    cadence.add_argument("--retrain-every", type=whole_number(1, 10**9), dest="test_bars",
+                         help="the same as --test-bars")
+    wf.add_argument("--folds", type=whole_number(0, 10**6), help="replay only the last K folds (0 = all)")
+    wf.add_argument("--steps", type=whole_number(1, 10**9), help="training steps per fold model")
+    wf.add_argument("--seeds", type=whole_number(1, 1000), help="seeds per fold (each seed is its own loop)")
+    wf.add_argument("--workers", type=whole_number(1, 256), help="processes training folds side by side")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging("evaluate_bot", quiet=args.quiet)
     return run_guarded(lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.bars < 200:
-        raise UserError(f"--bars {args.bars} is too short for a train/val/test split; use 200 or more")
+    setup_logging("evaluate_bot", quiet=args.quiet)
     overrides = {"data": {"interval": args.interval},
                  "evaluation": {"engine": args.engine, "split": args.split},
                  "monitoring": {"psr_level": args.psr_level}}
+    wf_flags = ("model_type", "train_bars", "test_bars", "folds", "steps", "seeds", "workers")
+    if not args.walk_forward and any(getattr(args, k) is not None for k in wf_flags):
+        raise UserError("--model-type, --train-bars, --test-bars, --folds, --steps, --seeds and --workers need "
+                        "--walk-forward")
+    overrides["walkforward"] = {k: getattr(args, k) for k in ("train_bars", "test_bars", "folds", "seeds", "workers")}
+    overrides["training_params"] = {"steps": args.steps}
     cfg = load_config(args.config, overrides=overrides)
     symbols = [validate_symbol(s) for s in args.symbol]
+    if (args.model or args.json) and not args.signal:
+        raise UserError("--model and --json need --signal")
+    if args.signal:
+        return _signal(args, cfg, symbols)
+    if args.walk_forward:
+        return _walk_forward(args, cfg, symbols)
     for symbol in symbols:
         outcome = evaluate_symbol(symbol, cfg, models=args.models, synthetic=args.synthetic, seed=args.seed,
                                   bars=args.bars, kind=args.kind, create_plots=args.create_plots)
         _print_summary(outcome, quiet=args.quiet)
+    return 0
+
+
+def _walk_forward(args: argparse.Namespace, cfg: dict[str, Any], symbols: list[str]) -> int:
+    wf = cfg["walkforward"]
+    types = ["deepscalper", "backtrader"] if args.model_type == "both" else (
+        [args.model_type] if args.model_type else list(dict.fromkeys(cfg["model_types"])))
+    stop = StopFlag()
+    with stop_on_signals(stop, "stopping the walk-forward after the folds in progress"):
+        for symbol in symbols:
+            settings = WalkForwardSettings(model_types=types, train_bars=wf["train_bars"], test_bars=wf["test_bars"],
+                                           folds=wf["folds"], seeds=wf["seeds"], workers=wf["workers"],
+                                           engine=cfg["training_params"]["engine"], quiet=args.quiet)
+            report = run_walkforward(symbol, cfg, settings, stop)
+            stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
+            if args.create_plots:
+                report["files"] = {k: str(v) for k, v in
+                                   write_walkforward_report(report, paths.results_dir(), stamp).items()}
+            path = write_report(report, stamp)
+            if not args.quiet:
+                print(format_walkforward(report))
+            for verdict in report["verdicts"]:
+                print(f"{symbol}: {verdict['text']}")
+            print(f"results: {path}" + (f"; report: {report['files']['html']}" if "files" in report else ""))
+    return 0
+
+
+def _signal(args: argparse.Namespace, cfg: dict[str, Any], symbols: list[str]) -> int:
+    outs = [compute_signals(symbol, cfg, model=args.model or "champion") for symbol in symbols]
+    if args.json:
+        print(json.dumps(outs if len(outs) > 1 else outs[0], indent=2))
+    else:
+        print("\n".join(format_signals(out) for out in outs))
     return 0
 
 

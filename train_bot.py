@@ -9,6 +9,7 @@ Examples::
     python train_bot.py --model-type deepscalper --symbol GOOGL --resume
     python train_bot.py --model-type both --symbol GOOGL --iterations 3
     python train_bot.py --continuous --model-type deepscalper --max-cycles 3
+    python train_bot.py --import-model /path/to/GOOGL_1d_deepscalper_<run id> [--symbol GOOGL]
 
 Every model trains on the train split and is scored on the validation split only (annualised Sharpe ratio net
 of costs, fast engine); the test split is left for evaluate_bot.py. Finished runs go to the registry under
@@ -21,12 +22,15 @@ import logging
 import math
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from agents.config import INTERVALS, SB3_ALGOS, load_config
-from botcore.cli import run_guarded
+from agents.importing import import_model
+from agents.registry import Registry
+from botcore.cli import run_guarded, seed_number, whole_number
+from botcore.config import MAX_WORKERS
 from botcore.logsetup import setup_logging
 from botcore.signals import StopFlag, stop_on_signals
 from botcore.symbols import validate_symbol
@@ -40,23 +44,8 @@ from training.workers import run_jobs
 logger = logging.getLogger("train_bot")
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least ``minimum``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} must be {minimum} or more")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
+_positive_int = whole_number(1)
+_non_negative_int = whole_number(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,12 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--symbol", "--symbols", dest="symbols", nargs="+", metavar="SYM",
                    help="prepared dataset(s) to train on (default: the config's symbols)")
     p.add_argument("--interval", choices=INTERVALS, help="bar interval of the dataset (default: data.interval)")
-    p.add_argument("--workers", type=_positive_int, help="parallel processes for independent symbol/model jobs "
-                   "(or Optuna workers sharing one study)")
+    p.add_argument("--workers", type=whole_number(1, MAX_WORKERS),
+                   help="parallel processes for independent symbol/model jobs (or Optuna workers sharing one study)")
     p.add_argument("--steps", type=_positive_int, help="env steps per iteration")
     p.add_argument("--episodes", type=_non_negative_int, help="most training episodes per iteration (0 = no limit)")
     p.add_argument("--iterations", type=_positive_int, help="rounds of train -> validate; the best round is kept")
-    p.add_argument("--seed", type=int, help="seed of python, numpy, torch, agents and envs")
+    p.add_argument("--seed", type=seed_number, help="seed of python, numpy, torch, agents and envs")
     p.add_argument("--checkpoint-every", type=_non_negative_int, help="env steps between checkpoints")
     p.add_argument("--eval-every", type=_non_negative_int,
                    help="env steps between intermediate validations (0 = once per iteration)")
@@ -91,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--continuous", action="store_true",
                    help="loop: refresh data, train, validate, promote or keep, sleep until the next cycle")
     p.add_argument("--max-cycles", type=_positive_int, help="continuous mode: stop after this many cycles")
+    p.add_argument("--import-model", metavar="PATH",
+                   help="copy a run folder from outside the registry (model.zip and metadata.json, this toolkit's "
+                        "format) into it as a new challenger run, after checking its checksum and format; with "
+                        "--symbol SYM it is registered under SYM. Nothing is trained")
     p.add_argument("--config", help="config file (default: ./training_config.json when it exists)")
     p.add_argument("--quiet", action="store_true", help="warnings and errors only; no progress bar")
     p.add_argument("--verbose", action="store_true", help="debug messages on the terminal")
@@ -143,18 +136,28 @@ def processes_for(args: argparse.Namespace, cfg: dict[str, Any], n_jobs: int) ->
 
 
 def print_results(results: list[JobResult]) -> None:
-    header = f"{'symbol':<10} {'int':<4} {'model':<19} {'steps':>8} {'val Sharpe':>10}  {'status':<11} run"
+    header = (f"{'symbol':<10} {'int':<4} {'model':<19} {'steps':>8} {'train Sharpe':>12} {'val Sharpe':>10}  "
+              f"{'status':<11} run")
     print(header)
     print("-" * len(header))
+
+    def cell(value: float, width: int) -> str:
+        return f"{value:{width}.3f}" if math.isfinite(value) else f"{'n/a':>{width}}"
+
     for r in results:
         model = r.model_type if r.algo == "deepscalper" else f"{r.model_type}/{r.algo}"
-        sharpe = f"{r.val_sharpe:10.3f}" if math.isfinite(r.val_sharpe) else f"{'n/a':>10}"
         status = ("champion" if r.promoted else "challenger") if r.status == "finished" else r.status
+        if r.status == "finished" and r.model_status not in ("", "ok"):
+            status = r.model_status
         extra = r.run_id if r.status != "failed" else r.error
-        print(f"{r.symbol:<10} {r.interval:<4} {model:<19} {r.steps:>8} {sharpe}  {status:<11} {extra}")
+        print(f"{r.symbol:<10} {r.interval:<4} {model:<19} {r.steps:>8} {cell(r.train_sharpe, 12)} "
+              f"{cell(r.val_sharpe, 10)}  {status:<11} {extra}")
+        for warning in r.warnings:
+            print(f"  warning: {warning}")
     if any(r.status == "finished" for r in results):
-        print("Validation Sharpe: annualised, net of costs, on the validation split (n/a: the policy never trades). "
-              "The test split is untouched: run evaluate_bot.py for out-of-sample results.")
+        print("Sharpe: annualised, net of costs, of the kept checkpoint (the best validation) on the training and "
+              "validation splits (n/a: the policy never trades). The test split is untouched: run evaluate_bot.py "
+              "for out-of-sample results.")
 
 
 def train_once(args: argparse.Namespace, cfg: dict[str, Any], session: Session, stop: StopFlag,
@@ -183,9 +186,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error("--trials, --sampler, --storage, --study-name and --seeds need --optimize")
     if args.algo and args.model_type == "deepscalper":
         build_parser().error("--algo applies to --model-type backtrader (or both), not deepscalper")
-    log_file = setup_logging("training", quiet=args.quiet, verbose=args.verbose)
+    if args.import_model:
+        if args.resume or args.optimize or args.continuous or (args.symbols and len(args.symbols) > 1):
+            build_parser().error("--import-model takes at most one --symbol and no --resume, --optimize or "
+                                 "--continuous")
+        return run_guarded(lambda: _import_model(args))
 
     def body() -> int:
+        log_file = setup_logging("training", quiet=args.quiet, verbose=args.verbose)
         import torch
 
         torch.set_num_threads(1)
@@ -215,6 +223,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.info("session record: %s", session.path)
 
     return run_guarded(body)
+
+
+def _import_model(args: argparse.Namespace) -> int:
+    setup_logging("training", quiet=args.quiet, verbose=args.verbose)
+    record = import_model(args.import_model, Registry.from_config(resolve(args)),
+                          args.symbols[0] if args.symbols else None)
+    print(f"imported {args.import_model} as run {record.run_id} ({record.symbol} {record.interval} {record.algo}, "
+          f"challenger); evaluate it with: python evaluate_bot.py --symbol {record.symbol} --models {record.run_id}")
+    return 0
 
 
 def _exit_code(results: list[JobResult], stop: StopFlag) -> int:

@@ -2,6 +2,9 @@
 
 The registry (:mod:`agents.registry`) stores model files and their metadata and never imports an algorithm;
 loading a registered model goes through :func:`load_registered`, which verifies the file's checksum first.
+Model files hold JSON and tensors only, read with ``torch.load(..., weights_only=True)``: nothing a file holds
+can run code when it is loaded (formats in :mod:`agents.sb3_agent` and :mod:`deepscalper.agent`). A model from
+outside the registry is imported (:mod:`agents.importing`), never loaded where it lies.
 Adapters load lazily, so importing this package does not import torch or stable-baselines3.
 """
 from __future__ import annotations

@@ -17,8 +17,18 @@ validation score (annualised Sharpe ratio net of costs on the validation split) 
 least ``registry.promotion_margin``; otherwise it stays a challenger. A run whose score is undefined (a policy
 that never trades has no return variance, so no Sharpe ratio) is never promoted.
 
-Several processes may register at the same time (``train_bot.py --workers``): writes to ``champions.json``
-happen under an exclusive ``fcntl`` lock on ``models/.registry.lock``.
+Several processes may register at the same time (``train_bot.py --workers``): registrations and writes to
+``champions.json`` happen under an exclusive ``fcntl`` lock on ``models/.registry.lock``.
+
+Registration is all or nothing: the run folder is assembled under a hidden staging name
+(``models/.{run folder}.staging``: the model file, then ``metadata.json``), synced to disk, and renamed into
+place as the last step, so a run folder either is complete or does not exist. ``champions.json`` is replaced
+(atomically) after that; a crash in between leaves the new run registered as a challenger. Leftovers of an
+interrupted registration (a staging folder, or a run folder without ``metadata.json`` from older versions) are
+removed, with a warning, by the next registration or by :meth:`Registry.recover`; the run's checkpoint is kept
+until it is registered, so ``train_bot.py --resume`` registers it again. Registering a run id that is already
+registered returns that registration. An unreadable ``champions.json`` does not block registration: the run is
+registered as a challenger and the file is left for the user to restore.
 """
 from __future__ import annotations
 
@@ -28,6 +38,8 @@ import fcntl
 import json
 import logging
 import math
+import os
+import re
 import secrets
 import shutil
 import time
@@ -49,6 +61,7 @@ METADATA_FILE = "metadata.json"
 CHAMPIONS_FILE = "champions.json"
 LOCK_FILE = ".registry.lock"
 BACKUP_PREFIX = "backup_"
+STAGING_SUFFIX = ".staging"
 MODEL_TYPES = ("deepscalper", "backtrader")
 ALGOS = ("deepscalper", "ppo", "a2c", "dqn")
 
@@ -118,6 +131,9 @@ def validation_score(metadata: dict[str, Any]) -> float:
     except (TypeError, ValueError):
         return math.nan
     return score
+
+
+_RUN_FOLDER = re.compile(r"^.+_[0-9a-z]+_(deepscalper|backtrader)_\d{8}T\d{6}_[0-9a-f]{6}$")
 
 
 def new_run_id() -> str:
@@ -260,25 +276,64 @@ class Registry:
             raise ValueError(f"algo must be one of {ALGOS}")
         symbol = validate_symbol(metadata["symbol"])
         run_id = run_id or new_run_id()
-        folder = self.root / f"{safe_name(symbol)}_{metadata['interval']}_{metadata['model_type']}_{run_id}"
+        name = f"{safe_name(symbol)}_{metadata['interval']}_{metadata['model_type']}_{run_id}"
+        folder = self.root / name
         with self._locked():
+            self._recover_locked()
             if folder.exists():
-                raise ValueError(f"run folder {folder} already exists")
-            folder.mkdir(parents=True)
-            with atomic_path(folder / MODEL_FILE) as tmp:
-                shutil.copyfile(source, tmp)
-            meta = dict(metadata)
-            meta.update(run_id=run_id, symbol=symbol, sha256=sha256_file(folder / MODEL_FILE),
-                        created=meta.get("created") or datetime.now(UTC).isoformat(timespec="microseconds"),
-                        model_file=MODEL_FILE)
-            decision = self._decide(symbol, meta["interval"], meta["model_type"], validation_score(meta), promote)
-            meta["promotion"] = decision.to_dict()
-            atomic_write_json(folder / METADATA_FILE, meta)
+                return self._registered_before(folder, run_id)
+            try:
+                current = self.champion(symbol, metadata["interval"], metadata["model_type"])
+            except ModelFileError as exc:
+                logger.warning("%s; %s is registered as a challenger and champions.json is left as it is", exc, name)
+                current, promote, unreadable = None, False, True
+            else:
+                unreadable = False
+            staging = self.root / f".{name}{STAGING_SUFFIX}"
+            try:
+                staging.mkdir(parents=True)
+                with atomic_path(staging / MODEL_FILE) as tmp:
+                    shutil.copyfile(source, tmp)
+                meta = dict(metadata)
+                meta.update(run_id=run_id, symbol=symbol, sha256=sha256_file(staging / MODEL_FILE),
+                            created=meta.get("created") or datetime.now(UTC).isoformat(timespec="microseconds"),
+                            model_file=MODEL_FILE)
+                decision = self._decide(current, validation_score(meta), promote)
+                if unreadable:
+                    decision.reason = (f"{self.root / CHAMPIONS_FILE} is unreadable, so nothing was compared; "
+                                       "registered as a challenger")
+                meta["promotion"] = decision.to_dict()
+                atomic_write_json(staging / METADATA_FILE, meta)
+                _fsync_folder(staging)
+                os.rename(staging, folder)  # the one step that makes the run visible, complete
+                _fsync_folder(self.root)
+            except OSError as exc:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise ModelFileError(f"could not register {name} in {self.root}: {exc.strerror or exc}; nothing was "
+                                     "registered (free some space or fix the permissions, then run train_bot.py "
+                                     "--resume: the checkpoint is kept)") from exc
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
             if decision.promoted:
-                self._write_champion(champion_key(symbol, meta["interval"], meta["model_type"]), run_id)
+                try:
+                    self._write_champion(champion_key(symbol, meta["interval"], meta["model_type"]), run_id)
+                except OSError as exc:  # the run is registered; only its promotion is lost
+                    decision.promoted = False
+                    decision.reason = (f"{decision.reason}, but {self.root / CHAMPIONS_FILE} could not be written "
+                                       f"({exc.strerror or exc}); it stays a challenger (Registry.set_champion "
+                                       "promotes it by hand)")
+                    logger.error("%s: %s", folder.name, decision.reason)
         logger.info("registered %s (%s): %s", folder.name, "champion" if decision.promoted else "challenger",
                     decision.reason)
-        return self.get(folder), decision
+        return self._read_record(folder, self._read_champions_or_none()), decision
+
+    def recover(self) -> list[Path]:
+        """Remove what interrupted registrations left (see the module docstring); returns the removed folders."""
+        if not self.root.is_dir():
+            return []
+        with self._locked():
+            return self._recover_locked()
 
     def set_champion(self, record: RunRecord) -> None:
         """Make ``record`` the champion of its key regardless of scores (a manual promotion or rollback)."""
@@ -326,9 +381,7 @@ class Registry:
 
     # --- internals --------------------------------------------------------------------------------
 
-    def _decide(self, symbol: str, interval: str, model_type: str, score: float,
-                promote: bool) -> PromotionDecision:
-        current = self.champion(symbol, interval, model_type)
+    def _decide(self, current: RunRecord | None, score: float, promote: bool) -> PromotionDecision:
         champ_score = current.score if current is not None else None
         champ_id = current.run_id if current is not None else None
         if not promote:
@@ -350,6 +403,40 @@ class Registry:
         return PromotionDecision(False, f"validation Sharpe {score:.3f} does not beat champion {champ_id} "
                                  f"({champ_score:.3f}) by {self.promotion_margin:g}; kept as a challenger", score,
                                  champ_score, champ_id)
+
+    def _recover_locked(self) -> list[Path]:
+        """Remove staging folders (only a live registration, which holds the lock, has one) and run folders
+        that lack their metadata (left by versions that wrote the folder in place)."""
+        removed = []
+        for path in sorted(self.root.iterdir()):
+            if not path.is_dir():
+                continue
+            staging = path.name.startswith(".") and path.name.endswith(STAGING_SUFFIX)
+            if not staging and not (_RUN_FOLDER.match(path.name) and not (path / METADATA_FILE).exists()):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+            logger.warning("removed %s, left by an interrupted registration (the run's checkpoint is kept until it "
+                           "is registered: train_bot.py --resume registers it)", path)
+        return removed
+
+    def _registered_before(self, folder: Path, run_id: str) -> tuple[RunRecord, PromotionDecision]:
+        """The existing registration of ``run_id`` (a session that registered it stopped before it could
+        retire the run's checkpoint, and a resume registers it again)."""
+        record = self._read_record(folder, self._read_champions_or_none())
+        if record.run_id != run_id:
+            raise ModelFileError(f"{folder} already holds run {record.run_id}, not {run_id}")
+        logger.warning("%s was already registered; keeping that registration", folder.name)
+        p = record.metadata.get("promotion") or {}
+        return record, PromotionDecision(bool(p.get("promoted")), str(p.get("reason", "registered before")),
+                                         validation_score(record.metadata), p.get("champion_score"),
+                                         p.get("previous_champion"))
+
+    def _read_champions_or_none(self) -> dict[str, str]:
+        try:
+            return self._read_champions()
+        except ModelFileError:
+            return {}
 
     def _write_champion(self, key: str, run_id: str) -> None:
         champions = self._read_champions()
@@ -406,3 +493,16 @@ class Registry:
                 yield
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a folder's entries (a new file, a rename) durable; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)

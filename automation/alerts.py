@@ -31,6 +31,8 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
 
+from botcore.redact import redact
+
 logger = logging.getLogger(__name__)
 
 SEVERITIES = ("info", "warning", "critical")
@@ -101,9 +103,9 @@ class Notifier:
         return sorted({v for v in values if len(v) >= 3}, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets():
-            text = text.replace(secret, "***")
-        return text
+        """``text`` through the toolkit's one redaction (:func:`botcore.redact.redact`), with this notifier's
+        secret values added to what it masks."""
+        return redact(text, known=self.secrets())
 
     def secret_env_names(self) -> list[str]:
         """Names of the environment variables that hold secrets (child processes do not need them)."""
@@ -142,7 +144,7 @@ class Notifier:
         if not recipients:
             raise ValueError("alerts.email.to_addrs is empty")
         msg = EmailMessage()
-        msg["Subject"] = alert.title
+        msg["Subject"] = self.redact(alert.title)
         msg["From"] = cfg.get("from_addr", "trading-bot@localhost")
         msg["To"] = ", ".join(recipients)
         body = [alert.message, "", f"time: {alert.time}", f"severity: {alert.severity}", f"kind: {alert.kind}",

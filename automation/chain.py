@@ -1,5 +1,7 @@
 """The chain: ``data_pipeline.py --update-data`` per symbol, then ``train_bot.py`` per symbol and model type,
-then ``evaluate_bot.py`` per symbol.
+then ``evaluate_bot.py`` per symbol. With ``trading.enabled``, the trade job (paper trading per symbol, in the
+automation's own process: :mod:`automation.trade`) follows every data update, and every training job that
+changed a champion.
 
 A unit whose upstream step failed in its latest run is skipped (training after a failed data update,
 evaluation when no training of the symbol succeeded) and raises an alert. One unit failing does not stop the
@@ -9,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agents import Registry
 from automation.monitor import AlertLog, Monitor
 from automation.runner import Runner, UnitResult
-from automation.schedule import JOBS, Clock, iso
+from automation.schedule import RUN_ONCE_JOBS, TRADE_JOB, Clock, iso
 from automation.state import StateStore
 from botcore.errors import UserError
 from botcore.lock import WorkspaceLock
@@ -24,7 +28,8 @@ from botcore.symbols import validate_symbol
 
 logger = logging.getLogger(__name__)
 
-SCRIPTS = {"data": "data_pipeline.py", "training": "train_bot.py", "evaluation": "evaluate_bot.py"}
+SCRIPTS = {"data": "data_pipeline.py", "training": "train_bot.py", "evaluation": "evaluate_bot.py",
+           TRADE_JOB: ""}  # the trade job runs in-process
 
 
 @dataclass
@@ -48,6 +53,7 @@ class JobPlan:
         self.symbols = [validate_symbol(s) for s in cfg["symbols"]]
         self.model_types = list(cfg["model_types"])
         self.config_file = Path(config_file).resolve() if config_file else None
+        self.trading = bool(cfg["trading"]["enabled"])
 
     def units(self, job: str) -> list[Unit]:
         common = ["--interval", self.interval, "--quiet"]
@@ -61,7 +67,9 @@ class JobPlan:
                     for s in self.symbols for m in self.model_types]
         if job == "evaluation":
             return [Unit(f"evaluation/{s}", job, s, SCRIPTS[job], ["--symbol", s, *common]) for s in self.symbols]
-        raise UserError(f"unknown job {job!r}; use one of {', '.join(JOBS)} or all")
+        if job == TRADE_JOB:
+            return [Unit(f"trade/{s}", job, s, SCRIPTS[job], []) for s in self.symbols]
+        raise UserError(f"unknown job {job!r}; use one of {', '.join(RUN_ONCE_JOBS)} or all")
 
     def blocked_by(self, unit: Unit, latest_units: dict[str, dict[str, Any]]) -> str | None:
         """Why ``unit`` must not run: its upstream step's latest run did not succeed (None when it may run).
@@ -92,10 +100,12 @@ class Chain:
     :param job_lock: held by the caller; its detail names the running unit (shown by ``--status``).
     :param clock: the time recorded for each unit.
     :param stop: when requested, the running unit is ended and no further unit starts.
+    :param trader: runs one trade unit (a symbol) in-process (:class:`automation.trade.PaperTrading`).
     """
 
     def __init__(self, plan: JobPlan, runner: Runner, timeout_seconds: float, *, store: StateStore,
-                 alerts: AlertLog, monitor: Monitor, job_lock: WorkspaceLock, clock: Clock, stop: StopFlag) -> None:
+                 alerts: AlertLog, monitor: Monitor, job_lock: WorkspaceLock, clock: Clock, stop: StopFlag,
+                 trader: Callable[[str], UnitResult] | None = None) -> None:
         self.plan = plan
         self.runner = runner
         self.timeout_seconds = timeout_seconds
@@ -105,6 +115,24 @@ class Chain:
         self.job_lock = job_lock
         self.clock = clock
         self.stop = stop
+        self.trader = trader
+
+    def run_with_followups(self, job: str, trigger: str, force: bool = False) -> list[str]:
+        """Run ``job``, then the trade job where the chain asks for it: after a data update, and after a training
+        job that changed a champion (trading enabled). Returns the outcomes of the jobs run."""
+        champions = self._champions() if job == "training" and self.plan.trading else None
+        outcomes = [self.run_job(job, trigger, force)]
+        follow = self.plan.trading and not self.stop.requested and (
+            job == "data" or (champions is not None and self._champions() != champions))
+        if follow:
+            outcomes.append(self.run_job(TRADE_JOB, trigger=f"after {job}"))
+        return outcomes
+
+    def _champions(self) -> dict[str, str]:
+        try:
+            return {r.key: r.run_id for r in Registry().champions()}
+        except UserError:
+            return {}
 
     def run_job(self, job: str, trigger: str, force: bool = False) -> str:
         """Run every unit of ``job`` (the caller holds the job lock). One unit failing does not stop the others.
@@ -155,12 +183,18 @@ class Chain:
             self.store.save()
             if unit.job == "evaluation":
                 before = self.monitor.comparison_files(unit.symbol)
-            logger.info("%s: %s %s", unit.name, unit.script, " ".join(unit.args))
+            logger.info("%s: %s %s", unit.name, unit.script or "paper trading", " ".join(unit.args))
             try:
-                result = self.runner(unit.script, list(unit.args), self.timeout_seconds, self.stop)
+                if unit.job == TRADE_JOB:
+                    if self.trader is None:
+                        raise RuntimeError("no trader configured")
+                    result = self.trader(unit.symbol)
+                else:
+                    result = self.runner(unit.script, list(unit.args), self.timeout_seconds, self.stop)
             except Exception as exc:  # a broken runner is one failed unit, not a dead daemon
                 logger.exception("%s: the runner failed", unit.name)
-                result = UnitResult("failed", f"could not run {unit.script}: {type(exc).__name__}: {exc}")
+                what = "paper trading" if unit.job == TRADE_JOB else unit.script
+                result = UnitResult("failed", f"could not run {what}: {type(exc).__name__}: {exc}")
             log = logger.info if result.outcome == "ok" else logger.error
             log("%s: %s%s", unit.name, result.outcome, f" ({result.error})" if result.error else "")
         result.error = self.alerts.notifier.redact(result.error)

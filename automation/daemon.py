@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,11 @@ import schedule
 from automation.alerts import Notifier
 from automation.chain import Chain, JobPlan
 from automation.monitor import AlertLog, Monitor
-from automation.runner import Runner, SubprocessRunner
+from automation.runner import Runner, SubprocessRunner, UnitResult
 from automation.schedule import Clock, Timetable, iso, parse_time
 from automation.state import STATE_FILE, StateStore
 from automation.status import collect_status
+from automation.trade import PaperTrading
 from botcore import paths
 from botcore.errors import UserError
 from botcore.lock import DAEMON_LOCK, JOB_LOCK, WorkspaceLock, describe_holder
@@ -49,10 +50,12 @@ class Automation:
     :param runner: launches one unit of work (default: :class:`~automation.runner.SubprocessRunner`).
     :param clock: the time source (default: the wall clock).
     :param notifier: alert delivery (default: from ``cfg["alerts"]``).
+    :param trader: runs one trade unit in-process (default: :class:`~automation.trade.PaperTrading`).
     """
 
     def __init__(self, cfg: dict[str, Any], config_file: Path | None = None, runner: Runner | None = None,
-                 clock: Clock | None = None, notifier: Notifier | None = None) -> None:
+                 clock: Clock | None = None, notifier: Notifier | None = None,
+                 trader: Callable[[str], UnitResult] | None = None) -> None:
         sched = cfg["training_schedule"]
         self.timetable = Timetable(sched)
         plan = JobPlan(cfg, config_file)
@@ -64,9 +67,10 @@ class Automation:
         self.job_lock = WorkspaceLock(JOB_LOCK, role="job")
         self.alerts = AlertLog(notifier, self.store, self.clock)
         self.monitor = Monitor(cfg["monitoring"], plan.interval, self.alerts, self.store, self.clock)
+        self.paper = PaperTrading(cfg, self.monitor, self.clock)
         self.chain = Chain(plan, runner, float(sched["job_timeout_minutes"]) * 60.0, store=self.store,
                            alerts=self.alerts, monitor=self.monitor, job_lock=self.job_lock, clock=self.clock,
-                           stop=self.stop)
+                           stop=self.stop, trader=trader or self.paper)
         self.lock_wait_seconds = float(sched["lock_wait_seconds"])
         self.wake_seconds = WAKE_SECONDS
         self.heartbeat_seconds = HEARTBEAT_SECONDS
@@ -74,10 +78,11 @@ class Automation:
 
     def status(self) -> dict[str, Any]:
         """Everything ``--status`` shows (see :func:`~automation.status.collect_status`)."""
-        return collect_status(self.store, self.timetable, self.job_lock)
+        return collect_status(self.store, self.timetable, self.job_lock, paper=self.paper.status())
 
     def run_once(self, jobs: Sequence[str], force: bool = False) -> int:
-        """``--run-once``: wait up to ``lock_wait_seconds`` for the job lock, run the jobs in chain order.
+        """``--run-once``: wait up to ``lock_wait_seconds`` for the job lock, run the jobs in chain order (each
+        with its follow-ups: the trade job after a data update and after a training that changed a champion).
 
         :return: 0, EXIT_FAILED (a job did not end ``ok``), EXIT_LOCK_BUSY or EXIT_INTERRUPTED.
         """
@@ -101,7 +106,7 @@ class Automation:
             for job in jobs:
                 if self.stop.requested:
                     break
-                outcomes.append(self.chain.run_job(job, trigger="run-once", force=force))
+                outcomes += self.chain.run_with_followups(job, trigger="run-once", force=force)
         finally:
             self.store.save()
             self.job_lock.release()
@@ -187,7 +192,7 @@ class Automation:
             try:
                 self.store.reload()
                 self.store.recover_interrupted()
-                self.chain.run_job(job, trigger=trigger)
+                self.chain.run_with_followups(job, trigger=trigger)
             finally:
                 self.job_lock.release()
         except Exception as exc:  # never die of one bad day

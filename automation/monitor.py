@@ -3,7 +3,9 @@
 The champions in the comparison file an evaluation just wrote are checked against ``monitoring``:
 ``min_sharpe_ratio``, ``max_drawdown_threshold`` and ``degradation_drop`` (the test Sharpe ratio against the
 mean of its previous ``degradation_window`` evaluations). The prepared data must end within
-``max_data_age_days``; that alert is not repeated within STALE_ALERT_REPEAT_HOURS.
+``max_data_age_days``; that alert is not repeated within STALE_ALERT_REPEAT_HOURS. After each trade unit
+(:meth:`Monitor.check_paper`): data revisions of traded bars, parity of the paper ledger with its backtest replay,
+and the champions' forward (paper) results against their validation period.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from botcore.symbols import safe_name
 logger = logging.getLogger(__name__)
 
 STALE_ALERT_REPEAT_HOURS = 12.0  # the same stale-data alert is not repeated within this time
+FORWARD_ALERT_REPEAT_HOURS = 24.0 * 7  # a champion's implausible forward results are reported once a week
 
 
 class AlertLog:
@@ -160,6 +163,80 @@ class Monitor:
                        f"older than monitoring.max_data_age_days {limit:g}")
         if not self.alerts.recent("stale_data", subject, STALE_ALERT_REPEAT_HOURS):
             self.alerts.alert("stale_data", subject, message, details={"last_bar": iso(last) if last else None})
+
+    def check_paper(self, summary: dict[str, Any], ledger: Any, registry: Any) -> None:
+        """Alert on what a trade unit found (:func:`trading.paper.trade_symbol`'s summary): data revisions of bars
+        already traded, missing bars, a ledger that diverges from its backtest replay (naming the first bar),
+        and champions whose forward results fall outside what their validation made plausible
+        (:mod:`trading.forward`); with ``monitoring.auto_rollback``, such a champion is demoted to the previous
+        champion its ledger records.
+
+        :param ledger: the :class:`~trading.ledger.Ledger` the unit wrote.
+        :param registry: the model registry (for the validation metrics and a rollback).
+        """
+        symbol, interval = summary["symbol"], summary["interval"]
+        series = f"{symbol}/{interval}"
+        for revision in summary["revisions"]:
+            changes = ", ".join(f"{k} {old:.6g} -> {new:.6g}" for k, (old, new) in revision["changes"].items())
+            self.alerts.alert("data_revision", series, f"bar {revision['bar']} of {symbol} {interval} changed after "
+                              f"paper trading used it ({changes}); the ledger keeps the bar it traded on, and a "
+                              "backtest on the new data will differ from the ledger from that bar on",
+                              severity="critical", details=revision)
+        if summary.get("gap"):
+            self.alerts.alert("paper_gap", series, f"the prepared bars of {symbol} {interval} no longer reach back to "
+                              f"the ledger's last bar {summary['gap']}: the bars in between were never traded")
+        for run in summary["accounts"]:
+            subject = f"{series}/{run['model_type']}/{run['run_id']}"
+            if run["error"]:
+                self.alerts.alert("paper_account", subject, f"paper account ({run['role']}) could not trade: "
+                                  f"{run['error']}", severity="critical")
+            parity = run.get("parity")
+            account = ledger.account(run["account_id"])
+            if parity and not parity["ok"] and parity["first_bad_bar"] != account.parity_bar:
+                ledger.update_account(account.id, parity_bar=parity["first_bad_bar"])
+                self.alerts.alert("parity", subject, f"the paper ledger and a backtest replay of its bars diverge at "
+                                  f"bar {parity['first_bad_bar']}: {parity['detail']} (P&L {parity['pnl_ledger']:.6f} "
+                                  f"vs {parity['pnl_backtest']:.6f}, fills {parity['fills_ledger']} vs "
+                                  f"{parity['fills_backtest']})", severity="critical", details=parity)
+            if run["role"] == "champion" and run["status"] == "active":
+                self._check_forward(account, ledger, registry, subject)
+
+    def _check_forward(self, account: Any, ledger: Any, registry: Any, subject: str) -> None:
+        from trading.forward import account_status, describe
+
+        try:
+            meta = registry.get(account.run_id).metadata
+        except Exception:  # noqa: BLE001 (a champion whose run is gone has no validation to compare with)
+            return
+        ppy = float(meta.get("periods_per_year") or 252.0)
+        status = account_status(ledger, account, dict(meta.get("validation") or {}), ppy, self.cfg)
+        failures = describe(status["forward"])
+        for kind, message in failures:
+            if not self.alerts.recent(kind, subject, FORWARD_ALERT_REPEAT_HOURS):
+                self.alerts.alert(kind, subject, f"champion {account.run_id}: {message}", severity="critical",
+                                  details=status["forward"])
+        if failures and self.cfg["auto_rollback"]:
+            self._roll_back(account, ledger, registry, subject)
+
+    def _roll_back(self, account: Any, ledger: Any, registry: Any, subject: str) -> None:
+        """Make the previous champion of the account's key (the latest other account that was champion, from the
+        ledger) the champion again."""
+        earlier = [a for a in ledger.accounts(account.symbol, account.interval)
+                   if a.model_type == account.model_type and a.run_id != account.run_id and a.champion_until]
+        if not earlier:
+            logger.warning("%s: monitoring.auto_rollback: no earlier champion in the paper ledger", subject)
+            return
+        previous = max(earlier, key=lambda a: a.champion_until)
+        try:
+            record = registry.get(previous.run_id)
+            registry.set_champion(record)
+        except Exception as exc:  # noqa: BLE001 (a failed rollback is reported, the daemon goes on)
+            self.alerts.alert("champion_rollback", subject, f"monitoring.auto_rollback could not restore "
+                              f"{previous.run_id}: {exc}", severity="critical")
+            return
+        self.alerts.alert("champion_rollback", subject, f"champion {account.run_id} demoted: {previous.run_id} "
+                          "(the previous champion) is champion again (monitoring.auto_rollback)", severity="critical",
+                          details={"demoted": account.run_id, "restored": previous.run_id})
 
 
 def _model_entries(report: dict[str, Any]) -> list[dict[str, Any]]:

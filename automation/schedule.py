@@ -17,7 +17,9 @@ import schedule
 from botcore.errors import ConfigError
 from botcore.signals import StopFlag
 
-JOBS = ("data", "training", "evaluation")  # in chain order
+JOBS = ("data", "training", "evaluation")  # the scheduled jobs, in chain order
+TRADE_JOB = "trade"  # not scheduled: it follows every data update (and a training that changed a champion)
+RUN_ONCE_JOBS = ("data", TRADE_JOB, "training", "evaluation")  # what --run-once accepts, in chain order
 AT_KEYS = {"data": "data_update_at", "training": "daily_at", "evaluation": "evaluation_at"}
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 

@@ -8,19 +8,21 @@ from typing import Any
 import pytz
 
 from agents.registry import Registry
-from automation.schedule import JOBS, Timetable, parse_time
+from automation.schedule import JOBS, RUN_ONCE_JOBS, Timetable, parse_time
 from automation.state import StateStore
 from botcore import paths
 from botcore.errors import UserError
 from botcore.lock import DAEMON_LOCK, WorkspaceLock, describe_holder
 
 
-def collect_status(store: StateStore, timetable: Timetable, job_lock: WorkspaceLock) -> dict[str, Any]:
+def collect_status(store: StateStore, timetable: Timetable, job_lock: WorkspaceLock,
+                   paper: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything ``--status`` shows, as a JSON-able dict (no secrets: alerts are stored redacted).
 
     :param store: the state; it is read again here (the daemon may have written it).
     :param timetable: gives the next runs when no daemon is running.
     :param job_lock: the workspace's job lock (only its holder is read).
+    :param paper: the paper accounts (:meth:`automation.trade.PaperTrading.status`).
     """
     store.reload()
     store.recover_interrupted()
@@ -42,11 +44,12 @@ def collect_status(store: StateStore, timetable: Timetable, job_lock: WorkspaceL
         "timezone": timetable.tz.zone,
         "daemon": daemon,
         "job_lock": {"held": job_holder is not None, "holder": job_holder},
-        "jobs": {job: state["jobs"].get(job) for job in JOBS},
+        "jobs": {job: state["jobs"].get(job) for job in RUN_ONCE_JOBS},
         "units": state["units"],
         "next_runs": next_runs,
         "next_runs_source": source,
         "champions": _champions(store),
+        "paper": paper if paper is not None else {"enabled": False, "symbols": {}},
         "recent_alerts": state["alerts"][-10:],
     }
 
@@ -88,7 +91,7 @@ def format_status(st: dict[str, Any]) -> str:
     lock = st["job_lock"]
     lines.append(f"job lock: {'held by ' + describe_holder(lock['holder']) if lock['held'] else 'free'}")
     lines.append("last runs:")
-    for job in JOBS:
+    for job in RUN_ONCE_JOBS:
         j = st["jobs"].get(job)
         if not j:
             lines.append(f"  {job:<11} never run")
@@ -119,8 +122,42 @@ def format_status(st: dict[str, Any]) -> str:
         else:
             latest = "not evaluated by the automation yet"
         lines.append(f"  {c['key']:<28} {c['run_id']} ({c['algo']}) validation Sharpe {val}; {latest}")
+    lines += _paper_lines(st["paper"], when)
     lines.append("recent alerts:" if st["recent_alerts"] else "recent alerts: none")
     for a in st["recent_alerts"]:
         lines.append(f"  {when(a.get('time'))} [{a.get('severity')}] {a.get('kind')} {a.get('subject')}: "
                      f"{a.get('message')}")
     return "\n".join(lines)
+
+
+def _paper_lines(paper: dict[str, Any], when: Any) -> list[str]:
+    """The paper-trading section of ``--status``: per symbol, the champions and their shadows side by side."""
+    if not paper.get("enabled"):
+        return ["paper trading: off (trading.enabled)"]
+    if paper.get("error"):
+        return [f"paper trading: ledger unreadable: {paper['error']}"]
+    if not paper["symbols"]:
+        return ["paper trading: no accounts yet (the trade job opens them after a data update)"]
+    lines = [f"paper trading ({paper.get('ledger')}):"]
+
+    def num(value: Any, fmt: str) -> str:
+        return "n/a" if value is None else format(value, fmt)
+
+    for symbol, accounts in sorted(paper["symbols"].items()):
+        lines.append(f"  {symbol}:")
+        for a in accounts:
+            pos = a["position"]
+            held = "flat" if not pos["units"] else f"{pos['units']:+.4f} units @ {pos['avg_price']:.4f}"
+            last = a["last_decision"]
+            decided = f"last decision {last['bar']} ({when(last['time'])})" if last else "no decision yet"
+            fwd = a["forward"]
+            forward = (f"forward {fwd['returns']} bars: Sharpe {num(fwd['sharpe'], '.2f')}, max drawdown "
+                       f"{num(fwd['max_drawdown_pct'], '.2f')}%, rolling PSR {num(fwd['rolling_psr'], '.2f')}")
+            flags = [k for k in ("sharpe_implausible", "drawdown_implausible") if fwd.get(k)]
+            if a["parity_bar"]:
+                flags.append(f"parity diverged at {a['parity_bar']}")
+            lines.append(f"    {a['role']:<8} {a['model_type']:<11} {a['run_id']} [{a['status']}] since "
+                         f"{a['start_bar']}: equity {a['equity']:.2f} ({num(a['return_pct'], '+.2f')}%), Sharpe "
+                         f"{num(a['sharpe'], '.2f')}, {held}; {decided}")
+            lines.append(f"             {forward}" + (f"; ALERT: {', '.join(flags)}" if flags else ""))
+    return lines

@@ -45,7 +45,8 @@ EXPLORATION = {"exploration_initial_eps": 1.0, "exploration_final_eps": 0.1, "ex
 def time_deepscalper(data: MarketData, args: argparse.Namespace, rnn: str) -> float:
     cfg = DeepScalperConfig(hidden_size=args.hidden, batch_size=args.batch, learning_starts=args.learning_starts,
                             buffer_size=args.buffer, train_freq=1, gradient_steps=1, rnn=rnn,
-                            target_update_interval=500, micro_window=args.micro_window, seed=0, **EXPLORATION)
+                            target_update_interval=500, micro_window=args.micro_window, seed=0, **EXPLORATION,
+                            **({} if args.macro_window is None else {"macro_window": args.macro_window}))
     env = TradingEnv(data, EnvConfig(window=args.window, action_mode="multidiscrete",
                                      **training_env_overrides(cfg)))
     agent = DeepScalper(env, cfg)
@@ -82,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rnn", nargs="+", default=["mingru", "gru"], choices=("gru", "lstm", "mingru"),
                         help="DeepScalper micro encoder(s) to time")
     parser.add_argument("--micro-window", type=int, default=8)
+    parser.add_argument("--macro-window", type=int, default=None,
+                        help="bars the macro encoder reads (default: the agent's default; 0 = the whole window)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data = make_data(args.bars, args.features)

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from botcore.redact import redact
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -75,23 +77,29 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int = 2) -> None:
-    """Write ``obj`` as JSON (NaN and infinities become ``null``, so the file is strict JSON)."""
+    """Write ``obj`` as JSON (NaN and infinities become ``null``, so the file is strict JSON; secrets are
+    masked, see :func:`to_jsonable`)."""
     text = json.dumps(to_jsonable(obj), indent=indent, sort_keys=False, allow_nan=False) + "\n"
     atomic_write_text(path, text)
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Convert numpy scalars/arrays, paths and non-finite floats into plain JSON values."""
+    """Convert numpy scalars/arrays, paths and non-finite floats into plain JSON values, with secrets masked
+    by :func:`botcore.redact.redact` (every JSON file the toolkit writes goes through here)."""
+    return redact(_plain(obj))
+
+
+def _plain(obj: Any) -> Any:
     import math
 
     if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
+        return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
+        return [_plain(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
-        return to_jsonable(obj.tolist())
+        return _plain(obj.tolist())
     if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
         return obj
     if isinstance(obj, float):
@@ -107,3 +115,33 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+STALE_TEMP_SECONDS = 600.0
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str], prefix: str = "",
+                            older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Delete the temporary files (``.{name}.XXXXXXXX.tmp``) that :func:`atomic_path` leaves in ``folder`` when
+    its process is killed mid-write (``kill -9``, a power cut), once they are ``older_than`` seconds old: a
+    write in progress keeps its file fresh, so concurrent writers are not disturbed. Not recursive.
+
+    :param prefix: only the temporary files of targets whose name starts with this.
+    :return: the removed files (the caller says so in its log).
+    """
+    import time
+
+    cutoff = time.time() - older_than
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for entry in entries:
+        if not (entry.name.startswith(f".{prefix}") and entry.name.endswith(".tmp")):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed

@@ -1,12 +1,20 @@
 """The common ending of every script's ``main``: user errors are one line and an exit code,
-Ctrl-C is 130, anything unexpected is a traceback in the log file and exit code 1."""
+Ctrl-C is 130, anything unexpected is one line on the terminal, its traceback in the log file, exit code 1.
+
+Each script installs its logging (:func:`botcore.logsetup.setup_logging`) inside ``body``, so that a
+failure of the set-up itself is guarded too. Whatever happens, the terminal gets exactly one error line.
+"""
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Callable
 
+from botcore.config import MAX_SEED, MAX_WHOLE_NUMBER
 from botcore.errors import UserError
+from botcore.logsetup import console_installed, traceback_hint
+from botcore.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -15,21 +23,52 @@ def run_guarded(body: Callable[[], int]) -> int:
     try:
         return body()
     except UserError as exc:
-        logger.debug("user error", exc_info=True)
-        _say(f"error: {exc}")
+        _say(str(exc), exc)
         return exc.exit_code
     except KeyboardInterrupt:
-        _say("interrupted")
+        _say("interrupted", None)
         return 130
-    except Exception as exc:  # the unexpected: full traceback to the log, one line on the terminal
-        logger.exception("unexpected failure")
-        _say(f"error: unexpected {type(exc).__name__}: {exc} (traceback in logs/)")
+    except MemoryError as exc:
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        _say(f"out of memory ({detail}); reduce the sizes in training_config.json or the flags (e.g. "
+             f"deepscalper.buffer_size, env.window, --bars) ({traceback_hint()})", exc)
+        return 1
+    except Exception as exc:  # the unexpected: one line on the terminal, the traceback in the log file
+        _say(f"unexpected {type(exc).__name__}: {exc} ({traceback_hint()})", exc)
         return 1
 
 
-def _say(line: str) -> None:
-    # Logged (which reaches the console handler when installed) and, when logging is not set up, printed.
-    if logging.getLogger().handlers:
-        logger.error(line.removeprefix("error: "))
-    else:
-        print(line, file=sys.stderr)
+def _say(message: str, exc: BaseException | None) -> None:
+    """One line: logged with the traceback (the terminal's handler shows the line only), or printed when
+    logging is not set up (printing never shows a traceback)."""
+    line = " ".join(message.split()) if "\n" in message or "\r" in message else message
+    if not console_installed():
+        print(f"error: {redact(line)}" if exc is not None else redact(line), file=sys.stderr)
+        if not logging.getLogger().handlers:
+            return  # Python's last-resort handler would print the traceback
+    logger.error("%s", line, exc_info=exc)
+
+
+def whole_number(minimum: int, maximum: int = MAX_WHOLE_NUMBER, what: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number from ``minimum`` to ``maximum``; argparse turns a refusal into one
+    line and exit code 2, e.g. ``argument --seed: -1 must be 0 or more (a seed is 0 to 4,294,967,295)``."""
+    span = f" ({what} is {minimum:,} to {maximum:,})" if what else ""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            shown = text if len(text) <= 30 else text[:27] + "..."
+            raise argparse.ArgumentTypeError(f"{shown!r} is not a whole number{span}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value:,} must be {minimum:,} or more{span}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"{value:,} must be {maximum:,} or less{span}")
+        return value
+
+    parse.__name__ = "whole number"  # argparse names the type in some messages
+    return parse
+
+
+seed_number = whole_number(0, MAX_SEED, "a seed")
+"""The argparse type of every ``--seed``."""

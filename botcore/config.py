@@ -11,9 +11,11 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +44,11 @@ BASE_DEFAULTS: dict[str, Any] = {
         "steps": 10000,
         "episodes": 0,  # 0 = bounded by steps only
         "iterations": 1,
-        "lookback_days": 730,
+        "lookback_days": 0,  # train on the last N days of the train split; 0 = the whole train split
         "seed": 42,
         "checkpoint_every": 2000,
-        "eval_every": 0,  # 0 = validate once per iteration
+        "eval_every": 1000,  # env steps between validations (the best one is kept); 0 = once per iteration
+        "patience": 8,  # stop after this many validations without improvement; 0 = never stop early
         "workers": 1,
         "algo": "ppo",  # stable-baselines3 algorithm for model type "backtrader"
         "engine": "backtrader",  # env for model type "backtrader": backtrader or fast
@@ -58,6 +61,10 @@ BASE_DEFAULTS: dict[str, Any] = {
         "degradation_drop": 0.5,  # alert when the latest Sharpe is this far below that mean
         "max_data_age_days": 5,  # stale-data alert
         "psr_level": 0.95,  # recommendation needs PSR above this
+        "forward_min_bars": 20,  # forward (paper) returns needed before they are judged
+        "forward_psr_window": 60,  # bars of the rolling PSR of a champion's forward returns
+        "forward_drawdown_factor": 1.5,  # alert when the forward drawdown is this many times the validation one
+        "auto_rollback": False,  # demote a champion whose forward results are implausible to the previous one
     },
     "data": {
         "source": "yahoo",  # yahoo | sample | csv | synthetic
@@ -108,7 +115,16 @@ BASE_DEFAULTS: dict[str, Any] = {
     },
     "registry": {
         "promotion_margin": 0.05,  # validation Sharpe a challenger must add to become champion
+        "promotion_p_value": 0.05,  # ... and the paired bootstrap of the difference must be significant
+        "promotion_bootstrap_samples": 2000,
         "keep_backups": 5,
+    },
+    "walkforward": {
+        "train_bars": None,  # null = the rows of the prepared train and val splits (what the daemon trains on)
+        "test_bars": None,  # null = the retrain cadence of training_schedule, in bars
+        "folds": 10,  # replay the last K folds (0 = every fold the history allows)
+        "seeds": 1,
+        "workers": 1,
     },
     "optimize": {
         "trials": 20,
@@ -127,6 +143,12 @@ BASE_DEFAULTS: dict[str, Any] = {
         "random_seed": 0,
         "ma_fast": 10,
         "ma_slow": 30,
+    },
+    "trading": {
+        "enabled": True,  # the daemon paper-trades the champions (and shadow challengers) after each data update
+        "ledger_url": "sqlite:///results/paper_ledger.db",  # any SQLAlchemy URL; relative SQLite paths: workspace
+        "ledger_url_env": "TRADING_BOT_LEDGER_URL",  # an environment variable holding the URL (with a password)
+        "shadow_challengers": 2,  # newest challengers per model type trading in shadow beside the champion
     },
     "alerts": {
         "email": {
@@ -151,19 +173,51 @@ BASE_DEFAULTS: dict[str, Any] = {
 
 # --- value checks -------------------------------------------------------------------------------
 
-_TIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2})?)?$")
+_TIME_RE = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2})?)?")
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+
+# Sizes beyond these are typing mistakes (or attacks), refused on load instead of ending in a MemoryError or
+# OverflowError deep inside a run.
+MAX_WHOLE_NUMBER = 10**12
+"""The largest whole number any config key or size flag accepts (e.g. training_params.steps)."""
+MAX_SEED = 2**32 - 1
+"""Seeds are 0 .. 2**32 - 1 (numpy's legacy seeding, used by some libraries, takes no more)."""
+MAX_SYNTHETIC_BARS = 10_000_000
+"""The most bars a synthetic series may have (about 40 years of 1-minute bars round the clock)."""
+MAX_WORKERS = 256
+"""The most worker processes a run may start (each holds a copy of the data and a model)."""
+MAX_CONFIG_DEPTH = 16
+"""How deeply training_config.json may nest objects and lists (the schema needs 4 levels)."""
 
 
 def check_time(v: Any) -> str | None:
-    return None if isinstance(v, str) and _TIME_RE.match(v) else "is not a time; use HH:MM (00:00-23:59)"
+    return None if isinstance(v, str) and _TIME_RE.fullmatch(v) else "is not a time; use HH:MM (00:00-23:59)"
 
 
 def check_date_or_none(v: Any) -> str | None:
     if v is None:
         return None
-    return None if isinstance(v, str) and _DATE_RE.match(v) else "is not a date; use YYYY-MM-DD or null"
+    if not isinstance(v, str) or not _DATE_RE.fullmatch(v):
+        return "is not a date; use YYYY-MM-DD or null"
+    try:
+        datetime.fromisoformat(v)
+    except ValueError:
+        return "is not a calendar date (month 01-12, a day that month has, time up to 23:59:59); use YYYY-MM-DD"
+    return None
+
+
+def check_seed(v: Any) -> str | None:
+    return None if 0 <= v <= MAX_SEED else f"must be a seed between 0 and {MAX_SEED}"
+
+
+def check_int_range(low: int, high: int) -> Callable[[Any], str | None]:
+    """A check: a number from ``low`` to ``high`` (both included)."""
+
+    def check(v: Any) -> str | None:
+        return None if low <= v <= high else f"must be between {low:,} and {high:,}"
+
+    return check
 
 
 def check_str_or_none(v: Any) -> str | None:
@@ -216,7 +270,7 @@ def check_timezone(v: Any) -> str | None:
 
     try:
         zoneinfo.ZoneInfo(v)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "America" is a folder, too long
         hint = difflib.get_close_matches(v, sorted(zoneinfo.available_timezones()), n=1)
         return "is not a time zone; use an IANA name such as UTC or Europe/Berlin" + (
             f" (did you mean {hint[0]!r}?)" if hint else "")
@@ -238,13 +292,15 @@ BASE_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "training_schedule.timezone": check_timezone,
     "training_schedule.lock_wait_seconds": check_non_negative,
     "training_schedule.job_timeout_minutes": check_positive,
-    "training_params.steps": check_positive,
+    "training_params.steps": check_positive,  # and at most MAX_WHOLE_NUMBER, like every whole number
     "training_params.episodes": check_non_negative,
     "training_params.iterations": check_positive,
-    "training_params.lookback_days": check_positive,
+    "training_params.lookback_days": check_non_negative,
+    "training_params.seed": check_seed,
     "training_params.checkpoint_every": check_non_negative,
     "training_params.eval_every": check_non_negative,
-    "training_params.workers": check_positive,
+    "training_params.patience": check_non_negative,
+    "training_params.workers": check_int_range(1, MAX_WORKERS),
     "training_params.algo": check_choice(*SB3_ALGOS),
     "training_params.engine": check_choice("backtrader", "fast"),
     "training_params.continuous_interval_minutes": check_positive,
@@ -253,6 +309,12 @@ BASE_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "monitoring.degradation_drop": check_non_negative,
     "monitoring.max_data_age_days": check_positive,
     "monitoring.psr_level": check_fraction,
+    "monitoring.forward_min_bars": lambda v: None if v >= 2 else "must be 2 or more",
+    "monitoring.forward_psr_window": lambda v: None if v >= 2 else "must be 2 or more",
+    "monitoring.forward_drawdown_factor": check_positive,
+    "trading.ledger_url": lambda v: None if "://" in v else "is not a database URL; use e.g. "
+                                                            "sqlite:///results/paper_ledger.db",
+    "trading.shadow_challengers": check_non_negative,
     "data.source": check_choice("yahoo", "sample", "csv", "synthetic"),
     "data.interval": check_choice(*INTERVALS),
     "data.start": check_date_or_none,
@@ -268,6 +330,7 @@ BASE_CHECKS: dict[str, Callable[[Any], str | None]] = {
         str, ("rsi", "macd", "bollinger", "atr", "obv", "stochastic", "adx", "cci", "ma_ratios"), non_empty=False
     ),
     "data.outlier_mad_threshold": check_positive,
+    "data.seed": check_seed,
     "data.costs.commission_rate": lambda v: None if 0 <= v < 0.1 else "must be a fraction between 0 and 0.1",
     "data.costs.commission_min": check_non_negative,
     "data.costs.slippage_bps": check_non_negative,
@@ -292,6 +355,17 @@ BASE_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "sb3.gamma": lambda v: None if 0 <= v <= 1 else "must be between 0 and 1",
     "sb3.n_envs": check_positive,
     "registry.promotion_margin": check_non_negative,
+    "registry.promotion_p_value": lambda v: None if 0 < v <= 1 else "must be in (0, 1]",
+    "registry.promotion_bootstrap_samples": check_positive,
+    "walkforward.train_bars": lambda v: None if v is None or (isinstance(v, int) and not isinstance(v, bool)
+                                                             and v >= 50) else "must be a whole number of bars "
+                                                                               "(50 or more) or null",
+    "walkforward.test_bars": lambda v: None if v is None or (isinstance(v, int) and not isinstance(v, bool)
+                                                            and v >= 1) else "must be a whole number of bars "
+                                                                             "(1 or more) or null",
+    "walkforward.folds": check_non_negative,
+    "walkforward.seeds": check_positive,
+    "walkforward.workers": check_positive,
     "registry.keep_backups": check_positive,
     "optimize.trials": check_positive,
     "optimize.sampler": check_choice("tpe", "grid", "random"),
@@ -299,6 +373,7 @@ BASE_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "evaluation.engine": check_choice("fast", "backtrader", "both"),
     "evaluation.split": check_choice("train", "val", "test"),
     "evaluation.bootstrap_samples": check_positive,
+    "evaluation.random_seed": check_seed,
     "evaluation.ma_fast": check_positive,
     "evaluation.ma_slow": check_positive,
     "alerts.email.smtp_port": lambda v: None if 0 < v < 65536 else "must be a port number 1-65535",
@@ -329,6 +404,7 @@ BASE_SCHEMA = Schema(BASE_DEFAULTS, BASE_CHECKS)
 
 def validate(cfg: Mapping[str, Any], schema: Schema, source: str = paths.CONFIG_FILE) -> None:
     """Raise ConfigError on the first problem found in a fully merged config."""
+    _check_numbers(cfg, "", source)
     _validate_node(cfg, schema.defaults, "", source, schema)
     fractions = cfg["data"]["train_fraction"] + cfg["data"]["val_fraction"]
     if fractions >= 1:
@@ -338,6 +414,40 @@ def validate(cfg: Mapping[str, Any], schema: Schema, source: str = paths.CONFIG_
         raise ConfigError(f"{source}: data.train_end must be before data.val_end")
     if cfg["evaluation"]["ma_fast"] >= cfg["evaluation"]["ma_slow"]:
         raise ConfigError(f"{source}: evaluation.ma_fast must be shorter than evaluation.ma_slow")
+
+
+def _check_numbers(value: Any, key: str, source: str) -> None:
+    """Every number anywhere (free-form sections and lists too) is finite and of a sane size: Python's json
+    reads NaN, Infinity and 1e400 (= infinity), which would pass most range checks."""
+    if isinstance(value, dict):
+        for sub, sub_value in value.items():
+            _check_numbers(sub_value, f"{key}.{sub}" if key else str(sub), source)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_numbers(item, f"{key}[{i}]", source)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: {_shown(key)} = {value!r} is not a finite number; write a plain number "
+                          "(NaN, Infinity and numbers beyond 1e308 are not allowed)")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_WHOLE_NUMBER:
+        raise ConfigError(f"{source}: {_shown(key)} = {value:.3g} is far too large; whole numbers in the config are "
+                          f"at most {MAX_WHOLE_NUMBER:,}")
+
+
+def _shown(key: str) -> str:
+    """A key as the one-line message shows it (quoted when it holds a line break or another odd character)."""
+    return key if key.isprintable() else repr(key)
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and dicts (without recursion: the value may be hostile)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        node, level = todo.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, level)
+            if level <= MAX_CONFIG_DEPTH:
+                todo.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def _validate_node(value: Any, default: Any, key: str, source: str, schema: Schema) -> None:
@@ -410,16 +520,7 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None, re
     config_file = Path(path) if path is not None else paths.config_path()
     file_values: dict[str, Any] = {}
     if config_file.exists():
-        try:
-            file_values = json.loads(config_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{config_file}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
-                              "fix it or recreate it with `python automate_training.py --create-config --force`"
-                              ) from None
-        except OSError as exc:
-            raise ConfigError(f"{config_file}: cannot be read: {exc.strerror}") from None
-        if not isinstance(file_values, dict):
-            raise ConfigError(f"{config_file}: must hold a JSON object at the top level")
+        file_values = _read_config_file(config_file)
     elif required or path is not None:
         raise ConfigError(f"{config_file}: no such config file; create one with "
                           "`python automate_training.py --create-config`")
@@ -432,6 +533,38 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None, re
         _normalise_numbers(cfg, defaults)
         validate(cfg, schema, source="command line")
     return cfg
+
+
+_RECREATE = "fix it or recreate it with `python automate_training.py --create-config --force`"
+
+
+def _read_config_file(config_file: Path) -> dict[str, Any]:
+    """The file's JSON object, or ConfigError with one line saying what is wrong with the file."""
+    try:
+        data = config_file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{config_file}: cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{config_file}: is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                          f"save it as UTF-8, or {_RECREATE.removeprefix('fix it or ')}") from None
+    try:
+        file_values = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{config_file}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}; "
+                          f"{_RECREATE}") from None
+    except RecursionError:
+        raise ConfigError(f"{config_file}: nests objects or lists far too deeply (the schema needs 4 levels); "
+                          f"{_RECREATE}") from None
+    except ValueError:  # an integer with more digits than Python converts (4300)
+        raise ConfigError(f"{config_file}: holds a number with thousands of digits; {_RECREATE}") from None
+    if not isinstance(file_values, dict):
+        raise ConfigError(f"{config_file}: must hold a JSON object at the top level")
+    if _depth(file_values) > MAX_CONFIG_DEPTH:
+        raise ConfigError(f"{config_file}: nests objects or lists more than {MAX_CONFIG_DEPTH} levels deep (the "
+                          f"schema needs 4); {_RECREATE}")
+    return file_values
 
 
 def _drop_none(tree: Mapping[str, Any]) -> dict[str, Any]:

@@ -190,6 +190,50 @@ class WorkspaceLock:
             self.release()
 
 
+class LockTimeout(Exception):
+    """:func:`locked_file` waited its ``wait_seconds`` and the lock stayed busy."""
+
+
+@contextlib.contextmanager
+def locked_file(path: str | Path, shared: bool = False, wait_seconds: float = 60.0,
+                poll_seconds: float = 0.05) -> Iterator[bool]:
+    """Hold ``fcntl.flock`` on ``path`` (created when missing) for the block: shared (readers) or exclusive.
+
+    The file is never removed (that would race with a process about to lock it) and holds no content.
+
+    :param wait_seconds: how long to wait for a busy lock before raising :class:`LockTimeout`.
+    :return: (as the ``with`` value) True when locked; False when the lock file cannot be created because
+        the folder is read-only, where no process can write either, so there is nothing to exclude.
+    """
+    target = Path(path)
+    try:
+        fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        try:
+            fd = os.open(target, os.O_RDONLY)
+        except FileNotFoundError:
+            yield False
+            return
+    try:
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+            if time.monotonic() >= deadline:
+                raise LockTimeout(f"{target} stayed locked by another process for {wait_seconds:g} s")
+            time.sleep(poll_seconds)
+        yield True
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 def describe_holder(info: dict[str, Any] | None) -> str:
     """One readable phrase for a holder's info: ``pid 123 (daemon: training GOOGL) since 2024-...``."""
     if not info:

@@ -1,6 +1,9 @@
 """Logging set-up for the scripts: a log file per run under logs/, terse lines on the terminal.
 
 Packages only use ``logging.getLogger(__name__)``; handlers are installed here, from ``main()``.
+
+Every handler installed here masks secrets (:func:`botcore.redact.redact`) in each line it writes. The
+terminal gets one line per record, never a traceback or a stack: tracebacks go to the log file only.
 """
 from __future__ import annotations
 
@@ -11,8 +14,65 @@ import time
 from pathlib import Path
 
 from botcore import paths
+from botcore.redact import redact
 
 _FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+_CONSOLE_FORMAT = "%(levelname)s: %(message)s"
+
+
+class RedactingFilter(logging.Filter):
+    """Masks secrets in a record's message, traceback and stack before any handler formats it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 (a bad format string: the handler reports it as logging always has)
+            return True
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
+
+
+class OneLineFormatter(logging.Formatter):
+    """The terminal's format: ``LEVEL: message`` on one line, without the traceback or stack of the record
+    (those are in the log file)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        return " ".join(self.formatMessage(record).splitlines())
+
+
+class _LogState:
+    """Where this process logs to: the file, or why there is none."""
+
+    log_file: Path | None = None
+    problem: str | None = None
+
+
+def current_log_file() -> Path | None:
+    """The log file :func:`setup_logging` opened, or ``None`` (not set up yet, or it could not be written)."""
+    return _LogState.log_file
+
+
+def traceback_hint() -> str:
+    """Where the traceback of an unexpected error went, for the one line shown to the user."""
+    if _LogState.log_file is not None:
+        return f"traceback in {_LogState.log_file}"
+    if _LogState.problem is not None:
+        return f"no traceback saved: {_LogState.problem}"
+    return "traceback in logs/"
+
+
+def console_installed() -> bool:
+    """True when :func:`setup_logging` has installed its terminal handler in this process."""
+    return any(getattr(h, "_botcore_console", False) for h in logging.getLogger().handlers)
 
 
 def setup_logging(script: str, quiet: bool = False, verbose: bool = False, max_bytes: int = 0,
@@ -20,42 +80,64 @@ def setup_logging(script: str, quiet: bool = False, verbose: bool = False, max_b
     """Install a file handler (``logs/{script}_{timestamp}.log``, DEBUG) and a console handler.
 
     The console shows INFO (WARNING with ``quiet``, DEBUG with ``verbose``). Calling it again replaces
-    the handlers installed before, so tests and the daemon can call ``main()`` many times.
+    the handlers installed before, so tests and the daemon can call ``main()`` many times. When the log file
+    cannot be created (a read-only workspace or ``logs/``), the script goes on with the console only, after
+    one warning that says where the log would have gone (:func:`current_log_file` is then ``None``).
+
+    :return: the log file's path (where it would have gone, when it could not be created).
 
     :param max_bytes: rotate the log file when it reaches this size, keeping ``backups`` old files
         (``.log.1`` ... ``.log.N``); 0 = one file, never rotated (a script's run is short; the daemon's is not).
     """
-    log_dir = paths.logs_dir()
-    log_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d_%H%M%S")
-    log_file = log_dir / f"{script}_{stamp}_{os.getpid()}.log"
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_botcore", False):
             root.removeHandler(handler)
             handler.close()
     root.setLevel(logging.DEBUG)
-    if max_bytes > 0:
-        from logging.handlers import RotatingFileHandler
-
-        file_handler: logging.Handler = RotatingFileHandler(log_file, maxBytes=max_bytes, backupCount=backups,
-                                                            encoding="utf-8")
-    else:
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
-    file_handler.setLevel(logging.DEBUG)
-    file_handler.setFormatter(logging.Formatter(_FILE_FORMAT))
-    file_handler._botcore = True  # type: ignore[attr-defined]
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    console.setFormatter(OneLineFormatter(_CONSOLE_FORMAT))
+    console.addFilter(RedactingFilter())
     console._botcore = True  # type: ignore[attr-defined]
+    console._botcore_console = True  # type: ignore[attr-defined]
     # yfinance logs its own failures ("possibly delisted") at ERROR; our one-line message says what happened
     # and how to fix it, so yfinance's lines go to the log file only.
     console.addFilter(lambda record: not record.name.startswith("yfinance"))
-    root.addHandler(file_handler)
-    root.addHandler(console)
+
+    log_dir = paths.logs_dir()
+    log_file = log_dir / f"{script}_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}.log"
+    try:
+        file_handler = _file_handler(log_file, max_bytes, backups)
+    except OSError as exc:
+        _LogState.log_file = None
+        reason = f"{log_dir} is not a folder" if log_dir.exists() and not log_dir.is_dir() else exc.strerror or exc
+        _LogState.problem = f"cannot write the log file {log_file} ({reason})"
+        root.addHandler(console)
+        logging.getLogger(__name__).warning("%s; going on without a log file (make %s writable to keep logs)",
+                                            _LogState.problem, log_dir)
+    else:
+        _LogState.log_file, _LogState.problem = log_file, None
+        root.addHandler(file_handler)
+        root.addHandler(console)
     _quiet_noisy_loggers()
     return log_file
+
+
+def _file_handler(log_file: Path, max_bytes: int, backups: int) -> logging.Handler:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    if max_bytes > 0:
+        from logging.handlers import RotatingFileHandler
+
+        handler: logging.Handler = RotatingFileHandler(log_file, maxBytes=max_bytes, backupCount=backups,
+                                                       encoding="utf-8")
+    else:
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter(_FILE_FORMAT))
+    handler.addFilter(RedactingFilter())
+    handler._botcore = True  # type: ignore[attr-defined]
+    return handler
 
 
 def _quiet_noisy_loggers() -> None:
@@ -65,15 +147,21 @@ def _quiet_noisy_loggers() -> None:
 
 def setup_worker_logging(log_file: str | None, quiet: bool) -> None:
     """Logging in a worker process: append to the session's log file (lines tagged with the pid), and
-    warnings (INFO unless ``quiet``) on the console."""
+    warnings (INFO unless ``quiet``) on the console, one line each, secrets masked as in the parent."""
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
     if log_file:
-        handler = logging.FileHandler(log_file, encoding="utf-8")
-        handler.setFormatter(logging.Formatter(_FILE_FORMAT.replace("%(name)s", "[pid %(process)d] %(name)s")))
-        root.addHandler(handler)
+        try:
+            handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError:
+            pass  # the parent process has said already that the log file cannot be written
+        else:
+            handler.setFormatter(logging.Formatter(_FILE_FORMAT.replace("%(name)s", "[pid %(process)d] %(name)s")))
+            handler.addFilter(RedactingFilter())
+            root.addHandler(handler)
     console = logging.StreamHandler()
     console.setLevel(logging.WARNING if quiet else logging.INFO)
-    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    console.setFormatter(OneLineFormatter(_CONSOLE_FORMAT))
+    console.addFilter(RedactingFilter())
     root.addHandler(console)
     _quiet_noisy_loggers()

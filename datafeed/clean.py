@@ -22,8 +22,10 @@ MAD_TO_SIGMA = 1.4826  # MAD * 1.4826 estimates the standard deviation of normal
 
 def clean_ohlcv(frame: pd.DataFrame, symbol: str = "",
                 mad_threshold: float = 8.0) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Sort, deduplicate, repair or reject bad rows; flag return outliers.
+    """Sort, deduplicate, repair or reject bad rows; flag return outliers; refuse impossible data.
 
+    - an infinite value, or a price more than a million times above or below the median close (a typo such
+      as 1e300 or a wrong unit), raises DataError naming the bar: such data is broken, not noisy;
     - duplicate timestamps: the last row wins;
     - missing or non-positive close: the row is dropped;
     - missing open: the previous close (or the close for the first bar); missing high/low: from open/close;
@@ -36,6 +38,7 @@ def clean_ohlcv(frame: pd.DataFrame, symbol: str = "",
     """
     report: dict[str, Any] = {"symbol": symbol, "rows_in": int(len(frame))}
     df = frame[PRICES + ["volume"]].astype("float64")
+    _refuse_impossible(df, symbol)
     report["was_unsorted"] = bool(not df.index.is_monotonic_increasing)
     df = df.sort_index(kind="stable")
     dup = df.index.duplicated(keep="last")
@@ -91,6 +94,33 @@ def clean_ohlcv(frame: pd.DataFrame, symbol: str = "",
                     report["outliers"]["count"], mad_threshold)
     df.index.name = "timestamp"
     return df, report
+
+
+IMPLAUSIBLE_RATIO = 1e6
+"""A price this many times above (or below) the median close is refused: no real bar moves that far."""
+
+
+def _refuse_impossible(df: pd.DataFrame, symbol: str) -> None:
+    name = symbol or "data"
+    values = df.to_numpy()
+    infinite = np.isinf(values)
+    if infinite.any():
+        row, col = (int(i[0]) for i in np.nonzero(infinite))
+        raise DataError(f"{name}: the {df.columns[col]} of the bar at {df.index[row]} is {values[row, col]}; "
+                        "fix or remove that row")
+    closes = df["close"].to_numpy()
+    closes = closes[np.isfinite(closes) & (closes > 0)]
+    if not len(closes):
+        return
+    median = float(np.median(closes))
+    prices = df[PRICES].to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        implausible = (prices > 0) & ((prices > median * IMPLAUSIBLE_RATIO) | (prices < median / IMPLAUSIBLE_RATIO))
+    if implausible.any():
+        row, col = (int(i[0]) for i in np.nonzero(implausible))
+        raise DataError(f"{name}: the {PRICES[col]} of the bar at {df.index[row]} is {prices[row, col]:g}, more "
+                        f"than {IMPLAUSIBLE_RATIO:g} times away from the median close {median:g}; fix or remove "
+                        "that row (a typo or a wrong unit)")
 
 
 def _gaps(index: pd.DatetimeIndex) -> dict[str, Any]:

@@ -5,20 +5,29 @@ three split files and, written last, a manifest holding their sha256 hashes and 
 Every read checks the manifest's hash and the split file's hash against it, so a split that was edited,
 truncated or left over from another run is refused with a :class:`~botcore.errors.DataError` that names the
 command to recreate it.
+
+Reads hold the dataset's lock shared (:func:`datafeed.splits.dataset_lock`), so they never overlap the renames
+of a ``data_pipeline.py`` run replacing the dataset; a replacement a killed run left half done is completed
+first. A :class:`Dataset` reads its manifest when opened and each split when asked: when another
+``data_pipeline.py`` run replaced the dataset in between, the split no longer matches and the read fails with
+a DataError that says so (run again), never with bars of another version.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from botcore import paths
-from botcore.atomic import sha256_file
 from botcore.errors import DataError, UserError
 from botcore.markets import infer_market
-from datafeed.splits import SPLITS, manifest_hash
+from datafeed.splits import SPLITS, complete_switch, dataset_lock, manifest_hash, switch_pending
 
 
 def data_command(symbol: str, interval: str) -> str:
@@ -26,8 +35,32 @@ def data_command(symbol: str, interval: str) -> str:
     return f"python data_pipeline.py --symbols {symbol} --interval {interval}"
 
 
+@contextlib.contextmanager
+def _reading(symbol: str, interval: str) -> Iterator[None]:
+    """The dataset's lock, shared, for one read; exclusive when an interrupted replacement must be completed."""
+    if not paths.manifest_path(symbol, interval).exists() and not switch_pending(symbol, interval):
+        yield  # nothing to read (the manifest, renamed last, is not there yet): the read says so
+        return
+    with dataset_lock(symbol, interval, shared=True):
+        if not switch_pending(symbol, interval):
+            yield
+            return
+    with dataset_lock(symbol, interval):
+        try:
+            complete_switch(symbol, interval)
+        except OSError as exc:
+            raise DataError(f"the dataset of {symbol} {interval} was left half replaced and cannot be repaired "
+                            f"here ({exc}); recreate it with: {data_command(symbol, interval)}") from exc
+        yield
+
+
 def load_manifest(symbol: str, interval: str) -> dict[str, Any]:
     """The manifest of a prepared symbol; DataError when missing, unreadable or edited."""
+    with _reading(symbol, interval):
+        return _read_manifest(symbol, interval)
+
+
+def _read_manifest(symbol: str, interval: str) -> dict[str, Any]:
     path = paths.manifest_path(symbol, interval)
     if not path.is_file():
         raise DataError(f"no prepared dataset for {symbol} {interval} ({_relative(path)} is missing); "
@@ -46,25 +79,41 @@ def load_split(symbol: str, interval: str, split: str, manifest: dict[str, Any] 
     """One prepared split, checked against its manifest: a DatetimeIndex named ``timestamp``, OHLCV, then
     the ``f_*`` features.
 
-    :param manifest: the already loaded manifest (read and checked here when None).
+    :param manifest: the already loaded manifest (read and checked here, under the same lock, when None).
     """
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; use train, val or test")
-    manifest = manifest if manifest is not None else load_manifest(symbol, interval)
     path = paths.split_path(symbol, interval, split)
-    if not path.is_file():
-        raise DataError(f"no prepared dataset for {symbol} {interval} ({_relative(path)} is missing); "
-                        f"make it with: {data_command(symbol, interval)}")
-    expected = (manifest.get("hashes") or {}).get(split)
-    if expected != sha256_file(path):
-        raise DataError(f"{path}: does not match its manifest (changed since it was written); "
-                        f"recreate it with: {data_command(symbol, interval)}")
+    with _reading(symbol, interval):
+        opened = manifest
+        manifest = manifest if manifest is not None else _read_manifest(symbol, interval)
+        if not path.is_file():
+            raise DataError(f"no prepared dataset for {symbol} {interval} ({_relative(path)} is missing); "
+                            f"make it with: {data_command(symbol, interval)}")
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"{path}: unreadable ({exc}); recreate it with: {data_command(symbol, interval)}") from exc
+        if (manifest.get("hashes") or {}).get(split) != hashlib.sha256(content).hexdigest():
+            if opened is not None and _replaced_since(symbol, interval, opened):
+                raise DataError(f"the dataset of {symbol} {interval} was replaced (by a data_pipeline.py run) after "
+                                "this command read its manifest; run the command again")
+            raise DataError(f"{path}: does not match its manifest (changed since it was written); "
+                            f"recreate it with: {data_command(symbol, interval)}")
     try:
-        frame = pd.read_csv(path, index_col="timestamp", parse_dates=["timestamp"])
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        frame = pd.read_csv(io.BytesIO(content), index_col="timestamp", parse_dates=["timestamp"])
+    except (ValueError, pd.errors.ParserError) as exc:
         raise DataError(f"{path}: unreadable ({exc}); recreate it with: {data_command(symbol, interval)}") from exc
     frame.index = pd.DatetimeIndex(frame.index, name="timestamp")
     return frame
+
+
+def _replaced_since(symbol: str, interval: str, opened: dict[str, Any]) -> bool:
+    try:
+        current = _read_manifest(symbol, interval)
+    except DataError:
+        return False
+    return current.get("manifest_hash") != opened.get("manifest_hash")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from botcore import paths
 from botcore.atomic import atomic_path, atomic_write_json
+from botcore.config import MAX_SYNTHETIC_BARS
 from botcore.errors import DataError, UserError
 from botcore.markets import INTERVAL_MINUTES
 from botcore.symbols import safe_name
@@ -88,7 +89,9 @@ def load_csv(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     Open/High/Low/Close in any case, an optional Adj Close (prices are then adjusted by Adj Close / Close,
     like Yahoo's ``auto_adjust``), an optional Volume (missing means 0). Dates may be ISO 8601 (with or
     without a UTC offset), ``dd.mm.yyyy HH:MM:SS.fff``, ``mm/dd/yyyy``, ``dd/mm/yyyy``, ``yyyymmdd`` or Unix
-    seconds/milliseconds; naive times are taken as UTC. Errors name the file, the line and the column.
+    seconds/milliseconds; naive times are taken as UTC, and a file must not mix naive times with times that
+    carry an offset. Prices and volumes must be finite numbers (``inf`` is refused; empty cells are missing
+    values, repaired or dropped by cleaning). Errors name the file, the line and the column.
     """
     path = Path(path)
     if not path.is_file():
@@ -106,7 +109,8 @@ def load_csv(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
                 break
     missing = [r for r in ("timestamp", "open", "high", "low", "close") if r not in found]
     if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, raw.columns))} "
+        found_names = ", ".join(c if c.isprintable() else repr(c) for c in map(str, raw.columns))
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {found_names} "
                         "(expected Date/Datetime/Time/Timestamp, Open, High, Low, Close, optional Adj Close, Volume)")
     if raw.empty:
         raise DataError(f"{path}: has a header but no rows")
@@ -126,6 +130,12 @@ def load_csv(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     adjusted = False
     if "adj_close" in frame:
         factor = frame["adj_close"] / frame["close"]
+        broken = ~np.isfinite(factor) & frame["adj_close"].notna() & frame["close"].notna()
+        if broken.any():
+            row = int(np.flatnonzero(broken.to_numpy())[0])
+            raise DataError(f"{path}: line {row + 2}: Adj Close / Close = {frame['adj_close'].iloc[row]!r} / "
+                            f"{frame['close'].iloc[row]!r} is not a finite factor; fix that row or drop the "
+                            "Adj Close column")
         if ((factor - 1).abs() > 1e-9).any():
             for col in ("open", "high", "low", "close"):
                 frame[col] = frame[col] * factor
@@ -141,7 +151,13 @@ def _parse_dates(text: pd.Series, path: Path, column: str) -> tuple[pd.DatetimeI
     numeric = pd.to_numeric(text, errors="coerce")
     if numeric.notna().all() and numeric.min() > 1e8 and not text.str.fullmatch(r"\d{8}").all():
         unit = "ms" if numeric.max() > 1e11 else "s"
-        return pd.DatetimeIndex(pd.to_datetime(numeric, unit=unit)), f"unix-{unit}"
+        stamps = pd.to_datetime(numeric.where(np.isfinite(numeric)), unit=unit, errors="coerce")
+        if stamps.isna().any():
+            row = int(np.flatnonzero(stamps.isna().to_numpy())[0])
+            raise DataError(f"{path}: line {row + 2}, column {column!r}: {text.iloc[row]!r} is not a Unix time "
+                            "between 1677 and 2262 (use seconds or milliseconds since 1970, or YYYY-MM-DD dates)")
+        return pd.DatetimeIndex(stamps), f"unix-{unit}"
+    _refuse_mixed_offsets(text, path, column)
     complete: list[tuple[str, pd.Series]] = []
     best: tuple[int, str, pd.Series] | None = None
     for fmt in _DATE_FORMATS:
@@ -164,14 +180,38 @@ def _parse_dates(text: pd.Series, path: Path, column: str) -> tuple[pd.DatetimeI
     return pd.DatetimeIndex(parsed.dt.tz_convert("UTC").dt.tz_localize(None)), fmt
 
 
+# A time followed by a UTC offset or Z: "10:00:00+05:00", "10:00+0500", "10:00:00.5 -05", "10:00:00Z".
+_OFFSET_RE = r"\d:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
+
+
+def _refuse_mixed_offsets(text: pd.Series, path: Path, column: str) -> None:
+    """Naive times are read as UTC; next to times with an offset they are almost surely local times, and
+    reading them as UTC would shift and duplicate bars. Refuse the mix rather than guess."""
+    aware = text.str.contains(_OFFSET_RE, regex=True, na=False).to_numpy(dtype=bool)
+    naive = ~aware & (text.fillna("").str.len() > 0).to_numpy(dtype=bool)  # an empty date is another error
+    if aware.any() and naive.any():
+        with_offset, without = int(np.flatnonzero(aware)[0]), int(np.flatnonzero(naive)[0])
+        raise DataError(f"{path}: column {column!r} mixes times with a UTC offset (line {with_offset + 2}: "
+                        f"{text.iloc[with_offset]!r}) and times without one (line {without + 2}: "
+                        f"{text.iloc[without]!r}); give every time an offset, or none (naive times are read as UTC)")
+
+
+_MISSING = ("", "null", "NaN", "nan", "NA")
+
+
 def _parse_numbers(text: pd.Series, path: Path, column: str) -> pd.Series:
-    stripped = text.str.strip()
-    values = pd.to_numeric(stripped.replace({"": None, "null": None, "NaN": None, "nan": None, "NA": None}),
-                           errors="coerce")
-    bad = values.isna() & ~stripped.isin(["", "null", "NaN", "nan", "NA"])
+    stripped = text.fillna("").str.strip()  # a short row's missing cells are NaN, not ""
+    missing = stripped.isin(_MISSING)
+    values = pd.to_numeric(stripped.where(~missing, None), errors="coerce")
+    bad = values.isna() & ~missing
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(f"{path}: line {row + 2}, column {column!r}: {text.iloc[row]!r} is not a number")
+    infinite = np.isinf(values.to_numpy(dtype="float64"))
+    if infinite.any():
+        row = int(np.flatnonzero(infinite)[0])
+        raise DataError(f"{path}: line {row + 2}, column {column!r}: {text.iloc[row]!r} is not a finite number; "
+                        "fix or remove that row")
     return values.astype("float64")
 
 
@@ -198,6 +238,8 @@ def generate_synthetic(n_bars: int, seed: int, kind: str = "gbm", interval: str 
         raise UserError(f"unknown interval {interval!r}; use one of {', '.join(INTERVAL_MINUTES)}")
     if not isinstance(n_bars, (int, np.integer)) or n_bars < 2:
         raise UserError(f"synthetic history needs at least 2 bars, not {n_bars!r}")
+    if n_bars > MAX_SYNTHETIC_BARS:
+        raise UserError(f"synthetic history of {n_bars:,} bars is too long; use at most {MAX_SYNTHETIC_BARS:,}")
     rng = np.random.default_rng(seed)
     if interval == "1d":
         index = pd.bdate_range(start=start, periods=n_bars)

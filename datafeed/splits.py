@@ -5,23 +5,39 @@ daily bars, ``YYYY-MM-DD HH:MM:SS`` intraday), the raw ``open, high, low, close,
 features as z-scores with the train split's mean and standard deviation, clipped to +-10, rounded to 6
 decimals. Between two splits, ``embargo_bars`` bars are left out (by default the longest feature window),
 so no feature of a later split reaches back into an earlier one.
+
+A dataset (three split files, the quality report, the manifest) is replaced as a whole. :func:`write_splits`
+writes every new file under a temporary name first, then, holding the dataset's exclusive lock
+(``fcntl`` on ``data/.{SYM}_{INTERVAL}.lock``), records the renames it is about to do in
+``data/.{SYM}_{INTERVAL}.switch.json``, renames the splits, the report and the manifest last, and deletes the
+record. The reader (:mod:`datafeed.dataset`) reads the manifest and the splits under the same lock, shared, so
+it never sees half a replacement. A writer killed between two renames leaves the record behind; the next
+reader or writer completes the renames from it (every new file was complete before the first rename), so
+the dataset is the old one or the new one, never a mix.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from botcore import paths
-from botcore.atomic import atomic_path, atomic_write_json, sha256_file, to_jsonable
+from botcore.atomic import atomic_path, atomic_write_json, remove_stale_temp_files, sha256_file, to_jsonable
 from botcore.errors import DataError, UserError
+from botcore.lock import LockTimeout, locked_file
 from botcore.markets import INTERVAL_MINUTES, infer_market, is_intraday
+from botcore.symbols import safe_name
 from datafeed.clean import clean_ohlcv
 from datafeed.features import compute_features, feature_window, fill_interior_gaps
 from datafeed.sources import OHLCV
@@ -32,6 +48,7 @@ SPLITS = ("train", "val", "test")
 MIN_SPLIT_ROWS = 20
 CLIP = 10.0
 DECIMALS = 6
+LOCK_WAIT_SECONDS = 120.0
 
 
 @dataclass
@@ -162,22 +179,55 @@ def quality_path(symbol: str, interval: str):
 
 def write_splits(prepared: Prepared, symbol: str, interval: str, source_info: dict[str, Any],
                  settings: dict[str, Any]) -> dict[str, Any]:
-    """Write the three split files, the quality report and, last, the manifest (each atomically).
+    """Replace the dataset of ``symbol`` and ``interval`` as a whole: the three split files, the quality report
+    and the manifest (see the module docstring).
 
     :return: the manifest.
     """
     fmt = _stamp_format(interval)
-    hashes, ranges = {}, {}
-    for name in SPLITS:
-        part = prepared.splits[name]
-        target = paths.split_path(symbol, interval, name)
-        with atomic_path(target) as tmp:
-            part.to_csv(tmp, index_label="timestamp", date_format=fmt, lineterminator="\n")
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    staged: list[tuple[Path, Path]] = []  # (temporary file, target), in the order they are renamed
+
+    def stage(target: Path) -> Path:
+        tmp = target.with_name(f".{target.name}.{token}.tmp")
+        staged.append((tmp, target))
+        return tmp
+
+    journal_written = False
+    try:
+        hashes, ranges = {}, {}
+        for name in SPLITS:
+            part = prepared.splits[name]
+            tmp = stage(paths.split_path(symbol, interval, name))
+            with atomic_path(tmp) as partial:
+                part.to_csv(partial, index_label="timestamp", date_format=fmt, lineterminator="\n")
             hashes[name] = sha256_file(tmp)
-        ranges[name] = {"start": part.index[0].strftime(fmt), "end": part.index[-1].strftime(fmt),
-                        "rows": int(len(part))}
-    report_file = quality_path(symbol, interval)
-    atomic_write_json(report_file, {**prepared.quality, "interval": interval, "source": source_info.get("source")})
+            ranges[name] = {"start": part.index[0].strftime(fmt), "end": part.index[-1].strftime(fmt),
+                            "rows": int(len(part))}
+        report_file = quality_path(symbol, interval)
+        atomic_write_json(stage(report_file),
+                          {**prepared.quality, "interval": interval, "source": source_info.get("source")})
+        manifest = _manifest(prepared, symbol, interval, source_info, settings, hashes, ranges, report_file)
+        atomic_write_json(stage(paths.manifest_path(symbol, interval)), manifest)
+        with dataset_lock(symbol, interval):
+            complete_switch(symbol, interval)
+            stale = [*remove_stale_temp_files(paths.data_dir(), prefix=f"{safe_name(symbol)}_{interval}_"),
+                     *remove_stale_temp_files(paths.data_dir() / "raw", prefix=f"{safe_name(symbol)}_{interval}.")]
+            for tmp in stale:
+                logger.warning("removed %s, left by an interrupted data_pipeline.py run", tmp)
+            atomic_write_json(_journal_path(symbol, interval),
+                              {"pid": os.getpid(), "moves": [[tmp.name, target.name] for tmp, target in staged]})
+            journal_written = True  # from here on, a crash is completed by the next reader or writer
+            complete_switch(symbol, interval, quiet=True)
+    finally:
+        if not journal_written:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+    return manifest
+
+
+def _manifest(prepared: Prepared, symbol: str, interval: str, source_info: dict[str, Any], settings: dict[str, Any],
+              hashes: dict[str, str], ranges: dict[str, Any], report_file: Path) -> dict[str, Any]:
     q = prepared.quality
     manifest: dict[str, Any] = {
         "symbol": symbol,
@@ -200,5 +250,71 @@ def write_splits(prepared: Prepared, symbol: str, interval: str, source_info: di
     }
     manifest = json.loads(json.dumps(to_jsonable(manifest)))
     manifest["manifest_hash"] = manifest_hash(manifest)
-    atomic_write_json(paths.manifest_path(symbol, interval), manifest)
     return manifest
+
+
+# --- the dataset lock and the replacement record ----------------------------------------------------------
+
+def _journal_path(symbol: str, interval: str) -> Path:
+    return paths.data_dir() / f".{safe_name(symbol)}_{interval}.switch.json"
+
+
+@contextlib.contextmanager
+def dataset_lock(symbol: str, interval: str, shared: bool = False) -> Iterator[None]:
+    """Hold the lock of one dataset: exclusive to replace it, shared to read it.
+
+    :raises DataError: it stayed locked for :data:`LOCK_WAIT_SECONDS`.
+    """
+    if not paths.data_dir().is_dir():  # nothing to read, and a writer creates the folder first
+        yield
+        return
+    entered = False
+    try:
+        with locked_file(paths.data_dir() / f".{safe_name(symbol)}_{interval}.lock", shared=shared,
+                         wait_seconds=LOCK_WAIT_SECONDS):
+            entered = True
+            yield
+    except LockTimeout as exc:
+        if entered:
+            raise
+        raise DataError(f"the dataset of {symbol} {interval} stayed locked by another process for "
+                        f"{LOCK_WAIT_SECONDS:g} s (a data_pipeline.py run writing it?); try again when it "
+                        "ends") from exc
+
+
+def switch_pending(symbol: str, interval: str) -> bool:
+    """Whether a replacement of the dataset was interrupted between its renames."""
+    return _journal_path(symbol, interval).exists()
+
+
+def complete_switch(symbol: str, interval: str, quiet: bool = False) -> bool:
+    """Do the renames recorded for the dataset that are not done yet, then delete the record (call it holding
+    the exclusive :func:`dataset_lock`). True when there was a record."""
+    journal = _journal_path(symbol, interval)
+    try:
+        record = json.loads(journal.read_text(encoding="utf-8"))
+        moves, pid = [(str(a), str(b)) for a, b in record["moves"]], record.get("pid")
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, KeyError, TypeError):  # written atomically, so only a hand edit gets here
+        moves, pid = [], None
+    folder = paths.data_dir()
+    for tmp_name, target_name in moves:
+        with contextlib.suppress(FileNotFoundError):  # renamed before the interruption
+            os.replace(folder / tmp_name, folder / target_name)
+    _fsync_folder(folder)
+    journal.unlink(missing_ok=True)
+    _fsync_folder(folder)
+    if not quiet:
+        logger.warning("%s %s: completed the replacement of the dataset that an interrupted data_pipeline.py run "
+                       "(pid %s) left half done", symbol, interval, pid)
+    return True
+
+
+def _fsync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -62,8 +62,10 @@ def _env_spaces(env: Any) -> dict[str, Any]:
     if window * n_features + n_private != obs_dim:
         raise UserError(f"observation length {obs_dim} != window {window} x features {n_features} + private "
                         f"{n_private}")
+    levels = getattr(getattr(base, "config", None), "quantity_levels", None)
     return {"obs_dim": obs_dim, "nvec": [int(n) for n in env.action_space.nvec], "window": window,
-            "n_features": n_features, "n_private": n_private}
+            "n_features": n_features, "n_private": n_private,
+            "quantity_levels": None if levels is None else [float(q) for q in levels]}
 
 
 def _gen_state(gen: np.random.Generator) -> dict[str, Any]:
@@ -71,7 +73,12 @@ def _gen_state(gen: np.random.Generator) -> dict[str, Any]:
 
 
 def _gen_from_state(state: dict[str, Any]) -> np.random.Generator:
-    gen = np.random.Generator(getattr(np.random, state["bit_generator"])())
+    # The file names the bit generator: only numpy's own generators are accepted, never an arbitrary attribute.
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    if name not in ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937"):
+        raise ModelFileError(f"unknown random generator {name!r} in the saved state; the file is not a "
+                             "DeepScalper model of this toolkit")
+    gen = np.random.Generator(getattr(np.random, name)())
     gen.bit_generator.state = state
     return gen
 
@@ -205,7 +212,16 @@ class DeepScalper:
         self.branch_sizes = [int(np.prod(self.nvec))] if cfg.single_branch else [int(n) for n in self.nvec]
         self.device = torch.device(cfg.device)
         net_args = (env_spaces["window"], env_spaces["n_features"], env_spaces["n_private"], self.branch_sizes,
-                    cfg.hidden_size, cfg.rnn, cfg.micro_window)
+                    cfg.hidden_size, cfg.rnn, cfg.micro_window, cfg.macro_window)
+        self._targets: np.ndarray | None = None
+        if cfg.quantity_branch == "target":
+            levels = env_spaces.get("quantity_levels")
+            if levels is None or len(levels) != int(self.nvec[-1]):
+                raise UserError("quantity_branch 'target' needs the env's quantity_levels (a TradingEnv in "
+                                "multidiscrete mode); use quantity_branch 'order' for other envs")
+            self._levels = np.asarray(levels, dtype=np.float64)
+            self._targets = self._levels * (cfg.max_target / max(1e-12, float(np.abs(self._levels).max())))
+        self._position_cell = env_spaces["window"] * env_spaces["n_features"]  # TradingEnv: private[0] = position
         self.q_net = DeepScalperNet(*net_args).to(self.device)
         self.q_target = DeepScalperNet(*net_args).to(self.device)
         self.q_target.load_state_dict(self.q_net.state_dict())
@@ -219,6 +235,7 @@ class DeepScalper:
         self.episodes = 0
         self._planned_total = 0
         self.vol_scale: float | None = None
+        self.reward_scale: float | None = None
         self.exploration_rate = cfg.exploration_initial_eps
         self._last_obs: np.ndarray | None = None
         self._env_seeded = False
@@ -230,6 +247,8 @@ class DeepScalper:
     def set_env(self, env: Any) -> None:
         """Attach a (new) env with the same observation and action layout; the next ``learn`` resets it."""
         found = _env_spaces(env)
+        if self.spaces.get("quantity_levels") is None:  # a model from before the levels were recorded
+            found["quantity_levels"] = None
         if found != self.spaces:
             raise UserError(f"env does not match the model: model {self.spaces}, env {found}")
         self.env = env
@@ -247,8 +266,27 @@ class DeepScalper:
 
     # --- acting -------------------------------------------------------------------------------------
 
+    def _env_actions(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """The env's (price offset, signed order size) actions for the agent's branch actions (B, len(nvec)).
+
+        With ``quantity_branch = "order"`` they are the same. With ``"target"`` the quantity branch names the
+        position to hold, T_j = q_j * max_target / max|q| (q_j the env's quantity levels, as fractions of the
+        position limit); the order sent is the quantity level nearest to ``T_j - position`` (the observation's
+        position cell), so no order when the position is already within half a level step of the target. With
+        ``max_target = 0.5`` and levels up to 1, a reversal from the largest long to the largest short is one
+        order.
+        """
+        if self._targets is None:
+            return actions
+        position = obs[:, self._position_cell].astype(np.float64)
+        delta = self._targets[actions[:, -1]] - position
+        out = actions.copy()
+        out[:, -1] = np.abs(delta[:, None] - self._levels[None, :]).argmin(axis=1)
+        return out
+
     def _greedy(self, obs: np.ndarray) -> np.ndarray:
-        """Greedy sub-action per branch for a batch (B, obs_dim) -> (B, len(nvec))."""
+        """Greedy sub-action per branch for a batch (B, obs_dim) -> (B, len(nvec)) (the agent's own actions;
+        :meth:`_env_actions` turns them into the env's)."""
         with torch.inference_mode():
             q = self.q_net(torch.as_tensor(obs, dtype=torch.float32, device=self.device))
         best = q.argmax(dim=2).T.cpu().numpy()
@@ -273,6 +311,7 @@ class DeepScalper:
             explore = self._rng.random(len(batch)) < self.exploration_rate
             if explore.any():
                 actions[explore] = self._rng.integers(0, self.nvec, size=(int(explore.sum()), len(self.nvec)))
+        actions = self._env_actions(batch, actions)
         return (actions[0] if single else actions), None
 
     def q_values(self, observation: np.ndarray) -> list[np.ndarray]:
@@ -339,6 +378,12 @@ class DeepScalper:
             # the head predicts volatility in units of its mean in the buffer, fixed once (saved with the model)
             scale = self.replay_buffer.mean_vol_target()
             self.vol_scale = scale if math.isfinite(scale) and scale > 0 else 1.0
+        if cfg.scale_rewards and self.reward_scale is None:
+            # Q in units of the typical n-step return, fixed once (saved with the model): a per-bar P&L of a
+            # few basis points of the account would otherwise sit far below the random spread of the freshly
+            # initialised advantage heads, whose noise then decides the greedy actions for thousands of updates
+            scale = float(np.std(self.replay_buffer.returns[:len(self.replay_buffer)]))
+            self.reward_scale = scale if math.isfinite(scale) and scale > 0 else 1.0
         if cfg.single_branch:  # the ablation's one branch indexes the joint (price, quantity) action
             actions = np.ravel_multi_index(tuple(batch.actions.T), self.nvec)[None]
         else:
@@ -349,7 +394,8 @@ class DeepScalper:
 
         terms = deepscalper_loss(
             self.q_net, self.q_target, obs=tensor(batch.obs), actions=tensor(actions),
-            returns=tensor(batch.returns), next_obs=tensor(batch.next_obs), discounts=tensor(batch.discounts),
+            returns=tensor(batch.returns / np.float32(self.reward_scale or 1.0)), next_obs=tensor(batch.next_obs),
+            discounts=tensor(batch.discounts),
             weights=tensor(batch.weights), vol_targets=tensor(batch.vol_targets / np.float32(self.vol_scale or 1.0)),
             aux_weight=aux_weight)
         self.optimizer.zero_grad(set_to_none=True)
@@ -424,7 +470,7 @@ class DeepScalper:
                     action = self._rng.integers(0, nvec)
                 else:
                     action = self._greedy(obs[None])[0]
-                next_obs, reward, terminated, truncated, info = env.step(action)
+                next_obs, reward, terminated, truncated, info = env.step(self._env_actions(obs[None], action[None])[0])
                 next_obs = np.asarray(next_obs, dtype=np.float32)
                 self.num_timesteps += 1
                 reward = float(reward)
@@ -513,7 +559,8 @@ class DeepScalper:
             "counters": {"num_timesteps": self.num_timesteps, "n_updates": self.n_updates,
                          "n_target_updates": self.n_target_updates, "episodes": self.episodes,
                          "planned_total": self._planned_total},
-            "vol_scale": self.vol_scale, "exploration_rate": self.exploration_rate,
+            "vol_scale": self.vol_scale, "reward_scale": self.reward_scale,
+            "exploration_rate": self.exploration_rate,
             "env_seeded": self._env_seeded, "at_episode_boundary": self.at_episode_boundary,
             "rng": {"agent": _gen_state(self._rng), "python": [py_state[0], list(py_state[1]), py_state[2]],
                     "env": env_rng},
@@ -564,10 +611,13 @@ class DeepScalper:
             raise ModelFileError(f"{path}: corrupt or unreadable DeepScalper model file "
                                  f"({type(exc).__name__}: {exc})") from exc
         try:
-            config = DeepScalperConfig.from_dict({**meta["config"], **({"device": device} if device else {})})
+            # models saved before these settings existed: the paper's order sizes and a whole-window macro encoder
+            saved = {"quantity_branch": "order", "macro_window": 0, "scale_rewards": False, **meta["config"]}
+            config = DeepScalperConfig.from_dict({**saved, **({"device": device} if device else {})})
             agent = cls.__new__(cls)
             agent.config = config
-            agent._build({**meta["spaces"], "nvec": [int(n) for n in meta["spaces"]["nvec"]]})
+            agent._build({"quantity_levels": None, **meta["spaces"],
+                          "nvec": [int(n) for n in meta["spaces"]["nvec"]]})
             agent.env = None
             agent.q_net.load_state_dict(states["policy.pth"])
             agent.q_target.load_state_dict(states["target_policy.pth"])
@@ -579,6 +629,7 @@ class DeepScalper:
             agent.episodes = int(counters["episodes"])
             agent._planned_total = int(counters["planned_total"])
             agent.vol_scale = meta["vol_scale"]
+            agent.reward_scale = meta.get("reward_scale")
             agent.exploration_rate = float(meta["exploration_rate"])
             agent._rng = _gen_from_state(meta["rng"]["agent"])
             if replay is not None:

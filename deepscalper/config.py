@@ -1,6 +1,6 @@
 """DeepScalper hyperparameters: one dataclass field per setting, each with its default and a one-line docstring.
 
-The agent owns its defaults. The fields up to ``single_branch`` form the ``deepscalper`` section of
+The agent owns its defaults. The fields up to ``max_target`` form the ``deepscalper`` section of
 training_config.json (:data:`CONFIG_DEFAULTS`, checked on load by :data:`CONFIG_CHECKS`); the fields after it
 are run settings that do not live in the config file (seed, device, logging, the micro window).
 """
@@ -26,16 +26,18 @@ class DeepScalperConfig:
     sequence: the fastest to train on a CPU), or torch's "gru" / "lstm" cells."""
     learning_rate: float = 1e-4
     """Adam step size (paper: 1e-5 .. 1e-3)."""
-    gamma: float = 0.99
-    """Discount factor."""
+    gamma: float = 0.9
+    """Discount factor (the reward is paid on the next bar: 0.9 looks about ten bars ahead; 0.99 made the
+    bootstrapped targets long sums of noise that the network memorised)."""
     batch_size: int = 64
     """Transitions per gradient update."""
     buffer_size: int = 100000
     """Replay capacity in transitions."""
     learning_starts: int = 1000
     """Env steps collected before the first gradient update."""
-    train_freq: int = 1
-    """Env steps between training rounds."""
+    train_freq: int = 4
+    """Env steps between training rounds (4: each transition is replayed about 16 times at batch 64; one
+    update per step replayed a 2,000-bar training split into memorisation)."""
     gradient_steps: int = 1
     """Gradient updates per training round."""
     target_update_interval: int = 500
@@ -46,6 +48,9 @@ class DeepScalperConfig:
     """Length of the n-step return in the TD target (1 = one-step Q-learning)."""
     max_grad_norm: float = 10.0
     """Global gradient norm clip."""
+    scale_rewards: bool = True
+    """Divide the n-step returns by their standard deviation in the replay buffer at the first update (fixed
+    then, saved with the model), so Q values are in units of typical returns whatever the account size."""
     prioritized_replay: bool = True
     """Prioritized experience replay (sum tree) when true, uniform replay when false."""
     per_alpha: float = 0.6
@@ -72,9 +77,18 @@ class DeepScalperConfig:
     """Ablation switch: false = no volatility auxiliary task."""
     single_branch: bool = False
     """Ablation switch: one dueling head over the joint (price, quantity) actions instead of two branches."""
+    quantity_branch: str = "target"
+    """What the quantity branch chooses: "target" = the position to hold (the env's quantity levels scaled to
+    at most ``max_target`` of the position limit; the agent sends the limit order that moves the position
+    there, as far as one order can), or "order" = the paper's signed order size, added to the position."""
+    max_target: float = 0.5
+    """quantity_branch "target": the largest target, as a fraction of the position limit (0.5: one order of the
+    env's largest size reverses a position, long to short, in one bar)."""
     # --- run settings (not in training_config.json) ---
     micro_window: int = 8
     """Most recent bars fed to the micro (recurrent) encoder; 0 = the whole window."""
+    macro_window: int = 1
+    """Most recent bars fed to the macro (MLP) encoder; 0 = the whole window."""
     seed: int | None = None
     """Seeds python, numpy and torch, the env's first reset and the agent's own generator."""
     device: str = "cpu"
@@ -106,7 +120,9 @@ class DeepScalperConfig:
             "exploration_fraction": 0 < self.exploration_fraction <= 1,
             "hindsight_weight": self.hindsight_weight >= 0, "hindsight_horizon": self.hindsight_horizon > 0,
             "aux_weight": self.aux_weight >= 0, "vol_horizon": self.vol_horizon > 0,
-            "micro_window": self.micro_window >= 0, "per_eps": self.per_eps > 0, "log_interval": self.log_interval > 0,
+            "quantity_branch": self.quantity_branch in ("target", "order"), "max_target": 0 < self.max_target <= 1,
+            "micro_window": self.micro_window >= 0, "macro_window": self.macro_window >= 0,
+            "per_eps": self.per_eps > 0, "log_interval": self.log_interval > 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -144,7 +160,7 @@ def training_env_overrides(config: DeepScalperConfig) -> dict[str, Any]:
 
 
 CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(DeepScalperConfig))[
-    :[f.name for f in dataclasses.fields(DeepScalperConfig)].index("single_branch") + 1]
+    :[f.name for f in dataclasses.fields(DeepScalperConfig)].index("max_target") + 1]
 CONFIG_DEFAULTS: dict[str, Any] = {name: getattr(DeepScalperConfig(), name) for name in CONFIG_KEYS}
 """The ``deepscalper`` section of training_config.json with its defaults."""
 
@@ -166,6 +182,7 @@ CONFIG_CHECKS = {
     "exploration_initial_eps": _unit_interval, "exploration_final_eps": _unit_interval,
     "exploration_fraction": _half_open_unit, "hindsight_weight": check_non_negative,
     "hindsight_horizon": check_positive, "aux_weight": check_non_negative, "vol_horizon": check_positive,
+    "quantity_branch": check_choice("target", "order"), "max_target": _half_open_unit,
 }
 """Value checks of the ``deepscalper`` section (key -> problem or None), used when the config file is loaded."""
 

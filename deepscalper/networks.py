@@ -3,7 +3,8 @@
 Input: TradingEnv's flat observation, ``window * n_features`` technical features (oldest bar first) followed by
 ``n_private`` private values (position, unrealised P&L, cash, time left).
 
-- macro encoder: an MLP over the whole window of technical features;
+- macro encoder: an MLP over the technical features of the most recent ``macro_window`` bars (the whole window
+  when 0; the indicators already summarise the longer past, and a narrow input generalises from fewer bars);
 - micro encoder: a recurrent net over the most recent ``micro_window`` bars, each step fed the bar's features
   and the agent's private state; its last hidden state is the micro embedding;
 - market embedding = [macro, micro] (concatenated);
@@ -56,17 +57,19 @@ class DeepScalperNet(nn.Module):
     :param hidden_size: width of every layer.
     :param rnn: "gru", "lstm" or "mingru".
     :param micro_window: most recent bars for the micro encoder (0 or >= window = all).
+    :param macro_window: most recent bars for the macro encoder (0 or >= window = all).
     """
 
     def __init__(self, window: int, n_features: int, n_private: int, branch_sizes: list[int], hidden_size: int,
-                 rnn: str = "gru", micro_window: int = 0) -> None:
+                 rnn: str = "gru", micro_window: int = 0, macro_window: int = 0) -> None:
         super().__init__()
         self.window, self.n_features, self.n_private = window, n_features, n_private
         self.micro_window = window if micro_window <= 0 else min(micro_window, window)
+        self.macro_window = window if macro_window <= 0 else min(macro_window, window)
         self.branch_sizes = list(branch_sizes)
         self.rnn_kind = rnn
         h = self.hidden_size = hidden_size
-        self.macro = nn.Sequential(nn.Linear(window * n_features, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU())
+        self.macro = nn.Sequential(nn.Linear(self.macro_window * n_features, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU())
         micro_in = n_features + n_private
         if rnn == "gru":
             self.micro: nn.Module = nn.GRU(micro_in, h, batch_first=True)
@@ -93,7 +96,7 @@ class DeepScalperNet(nn.Module):
         n_market = self.window * self.n_features
         features = obs[:, :n_market]
         private = obs[:, n_market:n_market + self.n_private]
-        macro = self.macro(features)
+        macro = self.macro(features[:, (self.window - self.macro_window) * self.n_features:])
         bars = features.reshape(-1, self.window, self.n_features)[:, -self.micro_window:]
         seq = torch.cat([bars, private.unsqueeze(1).expand(-1, self.micro_window, -1)], dim=2)
         if self.rnn_kind == "mingru":

@@ -220,7 +220,7 @@ def run_backtest(policy: Policy, data: MarketData, config: EnvConfig, engine: st
     with np.errstate(divide="ignore", invalid="ignore"):
         exposure = np.where(equity_arr > 0, pos * prices / equity_arr, 0.0)
         returns = equity_arr[1:] / equity_arr[:-1] - 1.0
-    logger.info("backtest %s %s (%s): %d bars, %d fills, final equity %.2f", data.symbol, data.interval, engine,
+    logger.debug("backtest %s %s (%s): %d bars, %d fills, final equity %.2f", data.symbol, data.interval, engine,
                 len(idx), n_fills, equity_arr[-1])
     return BacktestResult(
         timestamps=data.timestamps[idx], equity=equity_arr, returns=returns, positions=pos, exposure=exposure,

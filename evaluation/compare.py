@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,9 +72,23 @@ def load_market_data(symbol: str, cfg: dict[str, Any], synthetic: bool, seed: in
 # --- models ---------------------------------------------------------------------------------------------
 
 def select_models(registry: Any, symbol: str, interval: str, wanted: Sequence[str] | None) -> list[Any]:
-    """The run records to evaluate: the ones named (ids or paths), else every run of the symbol and interval."""
+    """The run records to evaluate: the run ids named, else every run of the symbol and interval.
+
+    Only runs inside the registry: a path is refused (a model from elsewhere is imported first with
+    ``train_bot.py --import-model``, which checks it; it is never loaded where it lies).
+    """
     if wanted:
-        records = [registry.get(w) for w in wanted]
+        records = []
+        for w in wanted:
+            if "/" in w or "\\" in w or Path(w).exists():
+                raise UserError(f"--models takes run ids, not paths ({w!r}); bring a model from outside the "
+                                f"registry in with: python train_bot.py --import-model {w}, then evaluate it by the "
+                                "run id that prints")
+            rec = registry.get(w)
+            if rec.path.resolve().parent != registry.root.resolve():
+                raise UserError(f"--models {w!r} names {rec.path}, which is not a run of the registry under "
+                                f"{registry.root}")
+            records.append(rec)
         for rec in records:
             if rec.symbol != symbol or rec.interval != interval:
                 logger.warning("model %s was trained on %s %s, evaluated here on %s %s", rec.run_id, rec.symbol,

@@ -223,13 +223,15 @@ def _fmt(value: Any) -> str:
 
 def write_html_report(path: Path, title: str, header: Mapping[str, Any], table_columns: Sequence[str],
                       rows: Sequence[Mapping[str, Any]], recommendation: str, plots: Mapping[str, Path],
-                      notes: Sequence[str] = ()) -> Path:
+                      notes: Sequence[str] = (),
+                      extra_tables: Sequence[tuple[str, Sequence[str], Sequence[Mapping[str, Any]]]] = ()) -> Path:
     """Write one self-contained HTML page: header facts, the comparison table, the recommendation, notes and
     every plot embedded as a base64 PNG.
 
     :param header: label -> value lines shown at the top (symbol, split dates, engine, ...).
     :param table_columns: keys of ``rows`` shown as columns, in order (the first is the row name).
     :param rows: one mapping per model or baseline.
+    :param extra_tables: (heading, columns, rows) of further tables shown after the comparison.
     """
     esc = html.escape
     parts = [
@@ -249,6 +251,12 @@ def write_html_report(path: Path, title: str, header: Mapping[str, Any], table_c
     for row in rows:
         parts.append("<tr>" + "".join(f"<td>{esc(_fmt(row.get(c)))}</td>" for c in table_columns) + "</tr>")
     parts.append("</table>")
+    for heading, columns, extra_rows in extra_tables:
+        parts.append(f"<h2>{esc(heading)}</h2><table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in columns)
+                     + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{esc(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>"
+                  for r in extra_rows]
+        parts.append("</table>")
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     for kind, png in plots.items():
@@ -258,3 +266,49 @@ def write_html_report(path: Path, title: str, header: Mapping[str, Any], table_c
     parts.append("</body></html>\n")
     atomic_write_text(path, "\n".join(parts))
     return Path(path)
+
+
+# --- walk-forward ------------------------------------------------------------------------------------------
+
+WALKFORWARD_COLUMNS = ("name", "kind", "sharpe_ratio", "sharpe_ci_low", "sharpe_ci_high", "total_return_pct",
+                       "max_drawdown_pct", "num_trades", "psr", "dsr")
+FOLD_COLUMNS = ("fold", "model_type", "seed", "test", "val_sharpe", "promoted", "champion_fold",
+                "retrained_test_sharpe", "frozen_test_sharpe", "newest_test_sharpe", "retrained_trades", "reason")
+
+
+def write_walkforward_report(report: Mapping[str, Any], results_dir: Path, stamp: str) -> dict[str, Path]:
+    """The stitched out-of-sample equity of every policy and baseline (PNG) and an HTML page with the stitched
+    metrics, the per-fold table and the verdicts; returns ``{"equity": png, "html": page}``."""
+    symbol = str(report["symbol"])
+    fig = _figure(5.0)
+    ax = fig.add_subplot()
+    baselines = {name for name, s in report["stitched"].items() if s["kind"] == "baseline"}
+    for name, s in report["stitched"].items():
+        equity = np.asarray([np.nan if v is None else v for v in s["equity"]], dtype=float)
+        ax.plot(np.arange(equity.size), equity, label=_label(name, baselines), **_style(name, baselines))
+    boundaries = np.cumsum([f["test_returns"] for f in report["folds"]])[:-1]
+    for x in boundaries:  # fold boundaries (retrains) on the stitched axis
+        ax.axvline(float(x), color="#bbb", linewidth=0.6)
+    ax.set_title(f"Walk-forward {symbol}: stitched out-of-sample equity, net of costs (vertical lines: retrains)")
+    ax.set_xlabel("test bar (stitched)")
+    ax.set_ylabel("equity (start = 1)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    png = _save(fig, results_dir / f"walkforward_{safe_name(symbol)}_{stamp}_equity.png")
+    rows = [{"name": name, "kind": s["kind"], **s["metrics"]} for name, s in report["stitched"].items()]
+    folds = {f["fold"]: f for f in report["folds"]}
+    fold_rows = [{**row, "test": f"{folds[row['fold']]['test']['start'][:10]} .. "
+                                 f"{folds[row['fold']]['test']['end'][:10]}"}
+                 for loop in report["loops"] for row in loop["rows"]]
+    layout = report["layout"]
+    header = {"symbol": f"{symbol} {report['interval']} ({report['market']})",
+              "folds": f"{layout['folds']} of {layout['folds_available']} available; {layout['train_bars']} train "
+                       f"bars ({layout['val_bars']} validation, embargo {layout['embargo_bars']}), "
+                       f"{layout['test_bars']} test bars each",
+              "trials counted in the DSR": report["n_trials"],
+              "PBO (CSCV over every policy and seed)": report["pbo"].get("pbo")}
+    verdict = " ".join(v["text"] + "." for v in report["verdicts"])
+    page = results_dir / f"walkforward_{safe_name(symbol)}_{stamp}.html"
+    write_html_report(page, f"Walk-forward: {symbol} {report['interval']}", header, WALKFORWARD_COLUMNS, rows,
+                      verdict, {"performance": png}, extra_tables=[("Folds", FOLD_COLUMNS, fold_rows)])
+    return {"equity": png, "html": page}

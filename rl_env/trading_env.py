@@ -9,6 +9,18 @@ import numpy as np
 from gymnasium import spaces
 
 from botcore.errors import DataError
+from rl_env.broker import (
+    account_value,
+    execute,
+    fill_price,
+    flatten_order,
+    limit_fill_price,
+    limit_order,
+    position_limit,
+    target_order,
+)
+from rl_env.broker import market_fill_price as market_fill_price  # re-exported: the broker's names stay importable
+from rl_env.broker import split_order as split_order
 from rl_env.config import EnvConfig
 from rl_env.data import MarketData
 from rl_env.rewards import REWARD_CODES, hindsight_bonus, step_reward
@@ -17,63 +29,6 @@ OBS_BOUND = 1e4  # observations are clipped to [-OBS_BOUND, OBS_BOUND] (finite b
 N_PRIVATE = 4
 _NAN = math.nan
 _INTS = (int, np.integer)
-
-
-# --- broker arithmetic (the rules of backtrader's BackBroker, on python floats) --------------------------
-
-def market_fill_price(is_buy: bool, o: float, h: float, lo: float, slip: float) -> float:
-    """Market order at the open, slipped against the trader but never outside the bar's range."""
-    if not slip:
-        return o
-    if is_buy:
-        p = o * (1 + slip)
-        return p if p <= h else h
-    p = o * (1 - slip)
-    return p if p >= lo else lo
-
-
-def limit_fill_price(is_buy: bool, limit: float, o: float, h: float, lo: float, slip: float) -> float | None:
-    """Limit order: at the open (slipped, capped at the limit) if the open is already at least as good,
-    at the limit if the bar trades through it, else None (no fill)."""
-    if is_buy:
-        if limit >= o:
-            if not slip:
-                return o
-            cap = h if h < limit else limit
-            p = o * (1 + slip)
-            return p if p <= cap else cap
-        return limit if limit >= lo else None
-    if limit <= o:
-        if not slip:
-            return o
-        p = o * (1 - slip)
-        return p if p >= limit else limit
-    return limit if limit <= h else None
-
-
-def split_order(size: float, qty: float) -> tuple[float, float]:
-    """(opened, closed) parts of an order of ``qty`` on a position of ``size`` (both signed like qty)."""
-    new = size + qty
-    if not new:
-        return 0.0, qty
-    if not size:
-        return qty, 0.0
-    if size > 0:
-        if qty > 0:
-            return qty, 0.0
-        return (0.0, qty) if new > 0 else (new, -size)
-    if qty < 0:
-        return qty, 0.0
-    return (0.0, qty) if new < 0 else (new, -size)
-
-
-def account_value(cash: float, size: float, avg_price: float, price: float, leverage: float) -> float:
-    """Broker value: cash plus the position (a long's margin part unlevered, as backtrader does)."""
-    value = size * price
-    if value > 0:
-        unrealised = size * (price - avg_price)
-        return cash + ((value - unrealised) / leverage + unrealised)
-    return cash + value
 
 
 class TradingEnv(gym.Env):
@@ -315,34 +270,18 @@ class TradingEnv(gym.Env):
 
     def decide_order(self, action: Any) -> tuple[float, float]:
         """Translate an action at bar ``self.t`` into ``(signed units, limit price)``; limit nan = market,
-        units 0 = no order."""
+        units 0 = no order. The sizing arithmetic is :mod:`rl_env.broker`'s."""
         t = self.t
-        close, eq, units = self._close[t], self.equity, self.units
+        close, units = self._close[t], self.units
         if self._force_flat[t]:
-            return -units if units else 0.0, _NAN
-        lim = self._max_position * eq / close if eq > 0 else 0.0
+            return flatten_order(units), _NAN
+        lim = position_limit(self._max_position, self.equity, close)
         mode = self._mode
         if mode == 1:  # multidiscrete
             values = (action if type(action) is np.ndarray else np.asarray(action)).reshape(-1)[:2].tolist()
             i_off, i_q = (int(a) for a in values)
-            q = self._quantities[i_q]
-            if q == 0.0 or lim <= 0.0:
-                return 0.0, _NAN
-            qty = q * lim
-            new = units + qty
-            low = -lim if self.config.allow_short else 0.0
-            if new > lim:
-                new = lim
-            elif new < low:
-                new = low
-            if abs(new) <= 1e-12 * lim:
-                new = 0.0
-            if (new - units > 0) != (qty > 0) or new == units:
-                return 0.0, _NAN
-            qty = -units if new == 0.0 else new - units
-            limit = close * (1.0 + self._offsets[i_off] * self._vol[t])
-            floor = 1e-9 * close
-            return qty, floor if floor > limit else limit  # max(limit, floor), nan kept like max()
+            return limit_order(self._quantities[i_q], self._offsets[i_off], self._vol[t], close, units, lim,
+                               self.config.allow_short)
         if mode == 0:  # discrete
             index = int(action) if isinstance(action, _INTS) else int(np.asarray(action).reshape(-1)[0])
             target = self._levels[index]
@@ -353,84 +292,28 @@ class TradingEnv(gym.Env):
             elif a > 1.0:
                 a = 1.0
             target = a if self.config.allow_short else (a + 1.0) / 2.0
-        if target == 0.0:
-            return -units if units else 0.0, _NAN
-        current = units / lim if lim > 0 else 0.0
-        if abs(target - current) <= self._band:
-            return 0.0, _NAN
-        return target * lim - units, _NAN
+        return target_order(target, units, lim, self._band), _NAN
 
     # --- execution (the fast engine; BacktraderEnv overrides _advance) ---------------------------------
 
     def _advance(self, qty: float, limit: float) -> tuple[float, float, float, float]:
-        """Execute the order in bar t+1 and move there. Returns (executed units, fill price or
-        0.0, commission, slippage cost)."""
+        """Execute the order in bar t+1 and move there (:func:`rl_env.broker.fill_price`). Returns (executed
+        units, fill price or 0.0, commission, slippage cost)."""
         t1 = self.t + 1
         self.t = t1
         if not qty:
             return 0.0, 0.0, 0.0, 0.0
-        o, h, lo = self._open[t1], self._high[t1], self._low[t1]
-        is_buy = qty > 0
-        if limit != limit:  # market
-            price = market_fill_price(is_buy, o, h, lo, self._slip)
-            reference = o
-        else:
-            price = limit_fill_price(is_buy, limit, o, h, lo, self._slip)
-            if price is None:
-                return 0.0, 0.0, 0.0, 0.0
-            reference = o if (limit >= o if is_buy else limit <= o) else price
+        price, reference = fill_price(qty, limit, self._open[t1], self._high[t1], self._low[t1], self._slip)
+        if price is None:
+            return 0.0, 0.0, 0.0, 0.0
         executed, commission = self._execute(qty, price)
         return executed, (price if executed else 0.0), commission, abs(executed) * abs(price - reference)
 
     def _execute(self, qty: float, price: float) -> tuple[float, float]:
-        """Execute ``qty`` units at ``price`` on the account: split into the part that closes and the part
-        that opens (as split_order), the cash rule, then the new size and average entry price. Returns
-        (executed units, commission)."""
-        size, avg = self.units, self.avg_price
-        new = size + qty
-        if not new:
-            opened, closed = 0.0, qty
-        elif not size or (size > 0) == (qty > 0):
-            opened, closed = qty, 0.0
-        elif (new > 0) == (size > 0):
-            opened, closed = 0.0, qty
-        else:
-            opened, closed = new, -size
-        cash, commission = self.cash, 0.0
-        rate, minimum = self._rate, self._min_fee
-        if closed:
-            closed_value = -closed * avg
-            close_cash = closed_value / self._lev if closed_value > 0 else closed_value
-            cash += close_cash + -closed * (price - avg)
-            fee = abs(closed) * rate * price
-            if fee < minimum:
-                fee = minimum
-            cash -= fee
-            commission += fee
-        if opened:
-            opened_value = opened * price
-            trial = cash - (opened_value / self._lev if opened_value > 0 else opened_value)
-            fee = abs(opened) * rate * price
-            if fee < minimum:
-                fee = minimum
-            trial -= fee
-            if trial < 0.0:
-                opened = 0.0  # not enough cash: the opening part is dropped
-            else:
-                cash = trial
-                commission += fee
-        executed = closed + opened
-        self.cash = cash
-        if executed:
-            new = size + executed
-            if not new:
-                self.units, self.avg_price = 0.0, 0.0
-            elif not size:
-                self.units, self.avg_price = new, price
-            elif (size > 0) == (executed > 0):
-                self.units, self.avg_price = new, (avg * size + executed * price) / new
-            else:
-                self.units, self.avg_price = new, (avg if (new > 0) == (size > 0) else price)
+        """Execute ``qty`` units at ``price`` on the account (:func:`rl_env.broker.execute`: the close and open
+        parts, the cash rule, the new size and average entry price). Returns (executed units, commission)."""
+        self.cash, self.units, self.avg_price, executed, commission = execute(
+            self.cash, self.units, self.avg_price, qty, price, self._rate, self._min_fee, self._lev)
         return executed, commission
 
     def _mark(self) -> float:

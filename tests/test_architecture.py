@@ -7,7 +7,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = ("data_pipeline", "train_bot", "evaluate_bot", "automate_training")
-PACKAGES = ("botcore", "datafeed", "rl_env", "deepscalper", "agents", "evaluation", "training", "automation")
+PACKAGES = ("botcore", "datafeed", "rl_env", "deepscalper", "agents", "evaluation", "training", "trading",
+            "automation")
 
 
 def _imported_modules(path: Path) -> set[str]:

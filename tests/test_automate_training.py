@@ -45,7 +45,10 @@ def write_config(folder: Path, **sections) -> Path:
            "training_schedule": {"timezone": "Europe/Berlin", "data_update_at": "01:00", "daily_at": "02:00",
                                  "evaluation_at": "04:00", "lock_wait_seconds": 0},
            "monitoring": {"min_sharpe_ratio": 0.5, "max_drawdown_threshold": -25.0, "degradation_window": 2,
-                          "degradation_drop": 0.5, "max_data_age_days": 5}}
+                          "degradation_drop": 0.5, "max_data_age_days": 5},
+           # The script chain alone: these tests fake the scripts (no real datasets or models to paper-trade);
+           # the trade job and paper trading are tested in tests/test_trading.py.
+           "trading": {"enabled": False}}
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     path = folder / "training_config.json"

@@ -57,8 +57,9 @@ def test_path_tricks_are_refused(symbol):
 
 
 def test_safe_name_has_no_special_characters():
-    assert safe_name("^GSPC") == "IDX_GSPC"
-    assert safe_name("EURUSD=X") == "EURUSD_X"
+    assert safe_name("^GSPC") == "%5EGSPC"
+    assert safe_name("EURUSD=X") == "EURUSD%3DX"
+    assert safe_name("GOOGL") == "GOOGL" and safe_name("brk-b") == "BRK-B" and safe_name("7203.T") == "7203.T"
 
 
 @pytest.mark.parametrize(

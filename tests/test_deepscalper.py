@@ -405,6 +405,57 @@ def test_callback_object_can_stop_and_predict_shapes():
         agent.predict(np.zeros(3, np.float32))
 
 
+def test_target_quantity_branch_sends_the_order_that_reaches_the_target():
+    env = make_env()
+    agent = DeepScalper(env, DeepScalperConfig(**TINY), seed=0)  # quantity_branch "target", max_target 0.5
+    cell = agent.spaces["window"] * agent.spaces["n_features"]  # the observation's position cell
+    np.testing.assert_allclose(agent._targets, [-0.5, -0.25, 0.0, 0.25, 0.5])
+    obs = np.zeros((4, agent.spaces["obs_dim"]), np.float32)
+    obs[:, cell] = [0.5, 0.48, 0.0, -0.5]
+    chosen = np.array([[1, 0], [3, 4], [2, 4], [4, 4]])  # targets -0.5, 0.5, 0.5, 0.5
+    sent = agent._env_actions(obs, chosen)
+    # env levels (-1, -0.5, 0, 0.5, 1): long 0.5 -> short 0.5 is ONE order of -1; 0.48 -> 0.5 is no order
+    np.testing.assert_array_equal(sent, [[1, 0], [3, 2], [2, 3], [4, 4]])
+    order = DeepScalper(env, DeepScalperConfig(**TINY, quantity_branch="order"), seed=0)
+    np.testing.assert_array_equal(order._env_actions(obs, chosen), chosen)
+    # in a rollout the position follows the chosen target
+    obs1, _ = env.reset(seed=0)
+    for _ in range(3):
+        action = agent._env_actions(obs1[None], np.array([[0, 0]]))[0]  # target -0.5, a marketable sell limit
+        obs1, *_ = env.step(action)
+    assert obs1[cell] == pytest.approx(-0.5, abs=0.02)
+
+
+def test_rewards_are_scaled_once_by_the_replayed_returns_and_saved(tmp_path):
+    agent = DeepScalper(make_env(), DeepScalperConfig(**TINY), seed=0)
+    agent.learn(32)
+    assert agent.n_updates == 0 and agent.reward_scale is None
+    returns_so_far = agent.replay_buffer.returns[:len(agent.replay_buffer)].copy()
+    agent.learn(4)  # the first update (train_freq 4) fixes the scale: the std of the returns replayed so far
+    assert agent.n_updates == 1
+    first = agent.reward_scale
+    assert first == pytest.approx(float(np.std(np.r_[returns_so_far, agent.replay_buffer.returns[32:36]])))
+    agent.learn(60)
+    assert agent.reward_scale == first
+    agent.save(tmp_path / "m.zip")
+    assert DeepScalper.load(tmp_path / "m.zip").reward_scale == first
+    unscaled = DeepScalper(make_env(), DeepScalperConfig(**TINY, scale_rewards=False), seed=0)
+    unscaled.learn(40)
+    assert unscaled.reward_scale is None
+
+
+def test_macro_encoder_reads_the_most_recent_bars_only():
+    net = DeepScalperNet(window=6, n_features=3, n_private=4, branch_sizes=[5, 5], hidden_size=8, micro_window=2,
+                         macro_window=1, rnn="mingru")
+    assert net.macro[0].in_features == 3
+    obs = torch.randn(2, 6 * 3 + 4)
+    changed = obs.clone()
+    changed[:, :3] += 5.0  # the oldest bar: outside the macro (1 bar) and micro (2 bars) windows
+    assert torch.equal(net(obs), net(changed))
+    whole = DeepScalperNet(window=6, n_features=3, n_private=4, branch_sizes=[5, 5], hidden_size=8, macro_window=0)
+    assert whole.macro[0].in_features == 18
+
+
 # --- learning ------------------------------------------------------------------------------------
 
 @pytest.mark.slow

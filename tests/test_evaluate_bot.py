@@ -37,13 +37,15 @@ def _register_ppo(name_seed: int, *, feature_columns: list[str] | None = None, h
     """An untrained PPO (a random network: no skill) registered through the registry API."""
     from stable_baselines3 import PPO
 
+    from agents.sb3_agent import save_sb3
+
     cfg = load_config()
     train = MarketData.from_frame(datafeed.load_split(SYMBOL, "1d", "train"), SYMBOL, "1d")
     env_config = EnvConfig.from_config(cfg, action_mode="discrete", training=True)
     model = PPO("MlpPolicy", TradingEnv(train, env_config), n_steps=32, batch_size=32, seed=name_seed,
                 policy_kwargs={"net_arch": [8]}, device="cpu")
     file = Path(f"ppo_{name_seed}.zip")
-    model.save(file)
+    save_sb3(model, "ppo", {"n_steps": 32, "batch_size": 32, "net_arch": [8]}, file)
     meta = {"model_type": "backtrader", "algo": "ppo", "symbol": SYMBOL, "interval": "1d",
             "validation": {"sharpe_ratio": 0.1 * name_seed}, "env_config": env_config.to_dict(),
             "action_mode": "discrete", "hpo_trials": hpo_trials, "trial_sharpes": [],
@@ -146,6 +148,11 @@ def test_missing_data_and_unknown_model_are_one_line_errors(workspace, capsys):
     _prepare_data()
     assert evaluate_bot.main(["--symbol", SYMBOL, "--models", "nonexistent_run", "--quiet"]) == 1
     assert "nonexistent_run" in capsys.readouterr().err
+    run = _register_ppo(1)  # a path, even to a registered run, is refused: run ids only
+    assert evaluate_bot.main(["--symbol", SYMBOL, "--models", str(run.path), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "run ids, not paths" in err and f"train_bot.py --import-model {run.path}" in err
+    assert len(err.strip().splitlines()) == 1
     assert evaluate_bot.main(["--symbol", SYMBOL, "--psr-level", "1.5", "--quiet"]) == 2  # config check
 
 

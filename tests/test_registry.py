@@ -106,10 +106,12 @@ def test_tampered_truncated_and_missing_files_are_refused(workspace):
 def test_sb3_round_trip_and_corrupt_zip(workspace):
     from stable_baselines3 import PPO
 
-    env = gym.make("CartPole-v1")
+    from agents.sb3_agent import save_sb3
+
+    env = gym.make("CartPole-v1")  # per-element observation bounds, up to float32 max: a list in model.json
     model = PPO("MlpPolicy", env, n_steps=32, batch_size=32, n_epochs=1, policy_kwargs={"net_arch": [8]}, seed=0)
     model.learn(32)
-    model.save(workspace / "ppo.zip")
+    save_sb3(model, "ppo", {"n_steps": 32, "batch_size": 32, "n_epochs": 1, "net_arch": [8]}, workspace / "ppo.zip")
     reg = Registry()
     record, _ = reg.register(workspace / "ppo.zip", _meta(0.3))
     policy = load_registered(reg, record)

@@ -4,20 +4,34 @@ A checkpoint folder (``models/checkpoints/{SYM}_{INTERVAL}_{model_type}_{run_id}
 (counters, round history, RNG states, the job spec) and the generation files it names (model, replay buffer),
 all written atomically; ``state.json`` is replaced last, so a ``kill -9`` at any moment leaves a consistent
 checkpoint.
+
+One process at a time trains a run: :func:`start_run` locks the run's folder (``fcntl`` on ``.lock`` inside it,
+released by the kernel even when the process is killed), and a second process that tries to resume the same
+run gets a one-line error naming the holder. It also cleans up after crashed runs: checkpoint folders that
+never got a ``state.json`` or whose run is registered already, interrupted registrations
+(:meth:`agents.registry.Registry.recover`), temporary files of interrupted atomic writes, and the temporary
+folders of Optuna trials whose process is gone.
 """
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import os
 import random
+import shutil
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from agents.registry import Registry, new_run_id
 from botcore import paths
-from botcore.atomic import atomic_write_text
+from botcore.atomic import STALE_TEMP_SECONDS, atomic_write_text, remove_stale_temp_files
+from botcore.errors import UserError
+from botcore.lock import WorkspaceLock, describe_holder, pid_alive
 from botcore.symbols import safe_name
 
 logger = logging.getLogger(__name__)
@@ -25,6 +39,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
 BEST_FILE = "best.zip"
+RUN_LOCK = ".lock"
+TRIAL_PREFIX = "trial_"
 
 
 def seed_everything(seed: int) -> None:
@@ -90,6 +106,88 @@ def find_unfinished(symbol: str, interval: str, model_type: str, algo: str | Non
             continue
         found.append((state.get("updated", ""), folder))
     return max(found)[1] if found else None
+
+
+def _read_state(folder: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def claim_run(folder: Path, label: str) -> WorkspaceLock:
+    """Lock a run's checkpoint folder (created when missing) for this process.
+
+    :raises UserError: another live process trains this run.
+    """
+    lock = WorkspaceLock(folder / RUN_LOCK, role="training")
+    if not lock.acquire(detail=label):
+        raise UserError(f"run {folder.name} is being trained by another process, {describe_holder(lock.holder())}; "
+                        "wait for it to finish or stop it first")
+    return lock
+
+
+def start_run(symbol: str, interval: str, model_type: str, algo: str, resume: bool,
+              label: str) -> tuple[str, Path, dict[str, Any] | None, WorkspaceLock]:
+    """Clean up after crashed runs, then claim the run to train: with ``resume`` the newest unfinished one
+    (when there is one), else a new one.
+
+    :return: (run id, checkpoint folder, the checkpoint state when resuming, the run's lock: release it when
+        the job ends).
+    :raises UserError: the run to resume is being trained by another process.
+    """
+    sweep_leftovers()
+    if resume:
+        folder = find_unfinished(symbol, interval, model_type, algo)
+        if folder is not None:
+            lock = claim_run(folder, label)
+            state = _read_state(folder)
+            if state is not None and state.get("status") != "finished":
+                logger.info("%s: resuming %s at step %d", label, folder.name, state["num_timesteps"])
+                return state["run_id"], folder, state, lock
+            lock.release()  # it finished between the search and the claim
+            if not (folder / STATE_FILE).exists():
+                shutil.rmtree(folder, ignore_errors=True)
+        logger.warning("%s: no unfinished run to resume; starting a new one", label)
+    run_id = new_run_id()
+    folder = checkpoints_root() / run_name(symbol, interval, model_type, run_id)
+    return run_id, folder, None, claim_run(folder, label)
+
+
+def trial_folder(name: str) -> Path:
+    """A temporary folder for an Optuna trial's files, named with this process's pid so that
+    :func:`sweep_leftovers` can tell a dead trial's folder from a live one's."""
+    return Path(tempfile.mkdtemp(prefix=f"{TRIAL_PREFIX}{os.getpid()}_{name}_"))
+
+
+def sweep_leftovers(older_than: float = STALE_TEMP_SECONDS) -> None:
+    """Remove what crashed runs left behind, never anything a live process uses (see the module docstring)."""
+    Registry(paths.models_dir()).recover()
+    root = checkpoints_root()
+    folders = [f for f in root.iterdir() if f.is_dir()] if root.is_dir() else []
+    cutoff = time.time() - older_than
+    for folder in list(folders):
+        state = _read_state(folder)
+        if state is None and (folder / STATE_FILE).exists():
+            continue  # unreadable: find_unfinished says so, and the user decides
+        never_saved = state is None and folder.stat().st_mtime < cutoff
+        registered = state is not None and state.get("status") == "finished"
+        if (never_saved or registered) and WorkspaceLock(folder / RUN_LOCK).holder() is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            folders.remove(folder)
+            logger.warning("removed %s: %s", folder, "a run that stopped before its first checkpoint" if never_saved
+                           else "a run already registered")
+    curves = paths.results_dir() / "training_curves"
+    curve_folders = [f for f in curves.iterdir() if f.is_dir()] if curves.is_dir() else []
+    for folder in [paths.models_dir(), root, *folders, paths.results_dir(), *curve_folders]:
+        for tmp in remove_stale_temp_files(folder, older_than=older_than):
+            logger.warning("removed %s, left by an interrupted write", tmp)
+    for folder in Path(tempfile.gettempdir()).glob(f"{TRIAL_PREFIX}*"):
+        pid = folder.name[len(TRIAL_PREFIX):].split("_", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            logger.warning("removed %s, the temporary folder of an Optuna trial whose process is gone", folder)
 
 
 class Curves:

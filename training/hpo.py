@@ -20,12 +20,12 @@ import dataclasses
 import logging
 import math
 import multiprocessing as mp
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 from botcore.errors import ConfigError, UserError
+from botcore.redact import redact
 from botcore.signals import StopFlag, stop_on_signals
 from botcore.symbols import safe_name
 from training.job import JobResult, JobSpec, run_job
@@ -75,11 +75,6 @@ class StudySettings:
         return redact(self.storage)
 
 
-def redact(url: str) -> str:
-    """The storage URL with any password replaced by ``***`` (it goes into logs and metadata)."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
-
-
 def default_study_name(spec: JobSpec) -> str:
     return f"{safe_name(spec.symbol)}_{spec.interval}_{spec.model_type}_{spec.algo}"
 
@@ -100,15 +95,39 @@ def check_grid(algo: str, grid: dict[str, Any]) -> dict[str, list[Any]]:
     return out
 
 
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite_file(db: Path, url: str) -> None:
+    """An existing, non-empty file must be an SQLite database: SQLite would fail later with a cryptic error."""
+    if db.is_dir():
+        raise UserError(f"Optuna storage {redact(url)}: {db} is a folder, not a database file; "
+                        "give a file name, e.g. --storage sqlite:///results/optuna.db")
+    try:
+        with open(db, "rb") as fh:
+            header = fh.read(len(_SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UserError(f"Optuna storage {redact(url)}: cannot read {db}: {exc.strerror or exc}") from None
+    if header and header != _SQLITE_HEADER:
+        raise UserError(f"Optuna storage {redact(url)}: {db} is not an SQLite database; give a new file or an "
+                        "existing Optuna .db file, e.g. --storage sqlite:///results/optuna.db")
+
+
 def _storage(url: str) -> Any:
     import optuna
 
     if url.startswith("sqlite:///"):
-        db = url[len("sqlite:///"):]
+        db = url[len("sqlite:///"):].split("?", 1)[0]
         if db and db != ":memory:":
+            _check_sqlite_file(Path(db), url)
             Path(db).parent.mkdir(parents=True, exist_ok=True)
-        # concurrent writers wait for the lock instead of failing at once
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+        try:  # concurrent writers wait for the lock instead of failing at once
+            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+        except Exception as exc:  # a damaged database, an unwritable folder
+            raise UserError(f"cannot open Optuna storage {redact(url)}: {type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as exc:  # bad URL, missing driver, unreachable server

@@ -7,9 +7,16 @@ A job is one (symbol, interval, model type) with its resolved config. ``run_job(
    on the backtrader-backed env or the fast env in discrete mode), or restore it from the job's last checkpoint
    (``spec.resume``);
 3. for each of ``spec.iterations`` rounds: train ``spec.steps`` more steps (fewer when ``spec.episodes`` ends
-   the round first), then validate; the best round by validation score is kept;
-4. register the best round's model in the :class:`~agents.registry.Registry` with its metadata, which promotes
-   it to champion only when it beats the champion by the configured margin.
+   the round first), validating every ``spec.eval_every`` steps and at the round's end; the checkpoint with the
+   best validation score is kept (not the last one), and training stops early when ``training_params.patience``
+   validations in a row bring no improvement;
+4. score the kept model on the training split too (a training Sharpe far above the validation Sharpe is
+   reported as memorisation), judge its health (:func:`model_health`: no gradient update, or a validation policy
+   that never trades or never changes side, is a collapse), draw the learning curve
+   (``results/training_curves/<run>/learning_curve.png`` beside ``curves.csv``);
+5. register it in the :class:`~agents.registry.Registry` with its metadata (``status``, the training-split
+   Sharpe, and every validated checkpoint counted as a trial of the deflated Sharpe ratio), which promotes it
+   to champion only when it is healthy and beats the champion by the configured margin.
 
 Validation score: :func:`evaluation.backtest.validation_score`, the annualised Sharpe ratio, net of costs, of
 the model acting deterministically on the whole validation split with the fast engine.
@@ -23,12 +30,10 @@ its trajectory (not its step count) differs from an uninterrupted run's.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import platform
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +47,7 @@ from agents.registry import new_run_id
 from botcore import paths
 from botcore.atomic import atomic_write_json
 from botcore.errors import DataError, UserError
+from botcore.lock import WorkspaceLock
 from botcore.markets import periods_per_year
 from botcore.signals import StopFlag
 from botcore.symbols import validate_symbol
@@ -56,11 +62,11 @@ from training.checkpoints import (
     STATE_FILE,
     Curves,
     capture_rng,
-    checkpoints_root,
-    find_unfinished,
     restore_rng,
     run_name,
     seed_everything,
+    start_run,
+    trial_folder,
 )
 
 logger = logging.getLogger(__name__)
@@ -91,6 +97,8 @@ class JobSpec:
     :param quiet: no progress bar.
     :param position: progress bar line (parallel jobs).
     :param extra_metadata: merged into the registry metadata (e.g. the Optuna study).
+    :param inputs: the job's data, already prepared (walk-forward folds); None = read the symbol's dataset.
+    :param save_model_to: also save the kept model to this file (walk-forward folds, which do not register).
     """
 
     symbol: str
@@ -114,6 +122,8 @@ class JobSpec:
     quiet: bool = False
     position: int = 0
     extra_metadata: dict[str, Any] = field(default_factory=dict)
+    inputs: JobInputs | None = None
+    save_model_to: str | None = None
 
     def __post_init__(self) -> None:
         self.symbol = validate_symbol(self.symbol)
@@ -138,7 +148,8 @@ class JobSpec:
         return "multidiscrete" if self.algo == "deepscalper" else "discrete"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The spec without its data (a JSON-able record)."""
+        return dataclasses.asdict(dataclasses.replace(self, inputs=None))
 
     def agent_spec(self, total_steps: int, log_dir: Path | None) -> AgentSpec:
         return AgentSpec(algo=self.algo, cfg=self.cfg, seed=self.seed, hyperparams=dict(self.hyperparams),
@@ -165,6 +176,13 @@ class JobResult:
     seconds: float = 0.0
     resumed: bool = False
     error: str = ""
+    train_sharpe: float = math.nan
+    """The kept model's Sharpe on the training split (fast engine, net of costs), beside ``val_sharpe``."""
+    best_step: int = 0
+    """Env steps of the kept checkpoint (the best validation)."""
+    model_status: str = ""
+    """``ok``, or why the model must not trade: ``no_updates``, ``collapsed_flat``, ``collapsed_one_side``."""
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -188,14 +206,87 @@ def recent_bars(data: Any, lookback_days: int, min_bars: int) -> Any:
     return data.slice(start, data.n_bars) if start > 0 else data
 
 
-def _best_round(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The round with the highest finite validation score (the earliest on ties); None when none is finite."""
-    best = None
-    for r in rounds:
-        score = r.get("val_sharpe")
-        if score is not None and math.isfinite(score) and (best is None or score > best["val_sharpe"]):
-            best = r
-    return best
+MEMORISATION_GAP = 1.0
+"""Warn when the training-split Sharpe exceeds the validation Sharpe by more than this and by more than the
+validation Sharpe itself (the model fits its training window far better than unseen bars)."""
+
+
+def model_health(updates: int | None, val_backtest: Any) -> tuple[str, str]:
+    """(status, reason) of a trained model from its gradient-update count and its validation backtest.
+
+    ``no_updates``: it never made a gradient update (the network is its random initialisation);
+    ``collapsed_flat``: its validation policy never holds a position; ``collapsed_one_side``: after its first
+    fill it holds the same side (long, short or flat) on every validation bar, whatever the market does. Such a
+    model is registered but never promoted. ``ok`` otherwise.
+    """
+    if updates == 0:
+        return "no_updates", "it made no gradient update (train longer than the agent's learning_starts)"
+    side = np.sign(np.asarray(val_backtest.positions, dtype=np.float64))
+    held = np.flatnonzero(side)
+    if held.size == 0:
+        return "collapsed_flat", "its validation policy never trades"
+    if np.all(side[held[0]:] == side[held[0]]):
+        which = "long" if side[held[0]] > 0 else "short"
+        return "collapsed_one_side", f"its validation policy stays {which} on every bar after its first trade"
+    return "ok", ""
+
+
+def memorisation_warning(train_sharpe: float, val_sharpe: float) -> str:
+    """A warning when the model fits the training split far better than validation (see MEMORISATION_GAP)."""
+    val = val_sharpe if math.isfinite(val_sharpe) else 0.0
+    if math.isfinite(train_sharpe) and train_sharpe - val > max(MEMORISATION_GAP, abs(val)):
+        return (f"memorisation: training-split Sharpe {train_sharpe:.2f} against validation {val:.2f}; the model "
+                "fits its training window far better than unseen bars")
+    return ""
+
+
+def _gradient_updates(model: Any) -> int | None:
+    """Gradient updates the model made (DeepScalper's ``n_updates``, stable-baselines3's ``_n_updates``)."""
+    for name in ("n_updates", "_n_updates"):
+        value = getattr(model, name, None)
+        if isinstance(value, (int, np.integer)):
+            return int(value)
+    return None
+
+
+def plot_learning_curve(csv_path: Path, png_path: Path, best_step: int | None = None) -> Path | None:
+    """Training episode P&L and validation Sharpe against env steps, from the curves CSV (None when empty)."""
+    import csv
+
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            steps, values = series.setdefault(row["tag"], ([], []))
+            steps.append(int(row["step"]))
+            values.append(float(row["value"]))
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    steps, pnl = series.get("charts/episode_pnl", ([], []))
+    top.plot(steps, pnl, lw=0.6, alpha=0.5, label="episode P&L")
+    if len(pnl) >= 10:
+        k = max(2, len(pnl) // 20)
+        top.plot(steps[k - 1:], np.convolve(pnl, np.ones(k) / k, mode="valid"), lw=1.5, label=f"mean of {k}")
+    top.set_ylabel("training episode P&L")
+    top.axhline(0.0, color="grey", lw=0.8)
+    top.legend(fontsize=8)
+    steps, sharpe = series.get("eval/val_sharpe", ([], []))
+    bottom.plot(steps, sharpe, "o-", ms=3, label="validation Sharpe")
+    if best_step:
+        bottom.axvline(best_step, color="green", ls="--", lw=1, label="kept checkpoint")
+    bottom.set_xlabel("env steps")
+    bottom.set_ylabel("validation Sharpe (net)")
+    bottom.axhline(0.0, color="grey", lw=0.8)
+    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
 
 
 
@@ -241,7 +332,8 @@ class Job:
         self.spec = spec
         self.stop = stop
         self.on_validation = on_validation
-        self.inputs = JobInputs.load(spec)
+        self.run_lock: WorkspaceLock | None = None
+        self.inputs = spec.inputs if spec.inputs is not None else JobInputs.load(spec)
         self.run_id, self.folder, saved = self._find_or_start()
         self.resumed = saved is not None
         if saved is not None:
@@ -262,21 +354,16 @@ class Job:
     # --- set-up ---
 
     def _find_or_start(self) -> tuple[str, Path, dict[str, Any] | None]:
-        """(run id, checkpoint folder, the checkpoint state when resuming)."""
+        """(run id, checkpoint folder, the checkpoint state when resuming); the run stays locked by this process
+        until :meth:`run` ends, so a second process cannot train it too."""
         spec = self.spec
-        if spec.resume:
-            folder = find_unfinished(spec.symbol, spec.interval, spec.model_type, spec.algo)
-            if folder is not None:
-                state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-                logger.info("%s: resuming %s at step %d", spec.label, folder.name, state["num_timesteps"])
-                return state["run_id"], folder, state
-            logger.warning("%s: no unfinished run to resume; starting a new one", spec.label)
-        run_id = new_run_id()
-        name = run_name(spec.symbol, spec.interval, spec.model_type, run_id)
         if spec.checkpoints:
-            return run_id, checkpoints_root() / name, None
-        # Optuna trials: nothing to resume, only the best round's model to keep until the end
-        return run_id, Path(tempfile.mkdtemp(prefix=f"trial_{name}_")), None
+            run_id, folder, state, self.run_lock = start_run(spec.symbol, spec.interval, spec.model_type, spec.algo,
+                                                             spec.resume, spec.label)
+            return run_id, folder, state
+        # Optuna trials and walk-forward folds: nothing to resume, only the best round's model to keep until the end
+        run_id = new_run_id()
+        return run_id, trial_folder(run_name(spec.symbol, spec.interval, spec.model_type, run_id)), None
 
     def _adopt_saved_spec(self, state: dict[str, Any]) -> None:
         """A resumed job's shape comes from its checkpoint; flags may only add iterations."""
@@ -307,6 +394,8 @@ class Job:
         finally:
             if not self.spec.checkpoints:
                 shutil.rmtree(self.folder, ignore_errors=True)
+            if self.run_lock is not None:
+                self.run_lock.release()
 
     def _run(self) -> JobResult:
         spec = self.spec
@@ -357,42 +446,69 @@ class Job:
             if self.stop.requested:  # learn() returned at its own end: a safe point as well
                 self.checkpoint()
                 return True
-            score = self._validate()
+            validations = st.setdefault("validations", [])
+            if validations and validations[-1][0] == self.agent.num_timesteps:
+                score = validations[-1][1]  # an eval_every validation fell on the round's end
+            else:
+                score = self._validate()
             st["rounds"].append({"iteration": st["round"], "steps": self.agent.num_timesteps,
                                  "episodes": st["round_episodes"], "val_sharpe": score})
-            best = _best_round(st["rounds"])
-            if spec.iterations > 1 and best is not None and best["iteration"] == st["round"]:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                self.agent.save_model(self.folder / BEST_FILE)
             logger.info("%s: iteration %d/%d done at step %d, validation Sharpe %.3f", spec.label, st["round"],
                         spec.iterations, self.agent.num_timesteps, score)
             st.update(round=st["round"] + 1, round_start=self.agent.num_timesteps, round_episodes=0)
+            if st.get("early_stop_step") is not None:
+                logger.info("%s: early stop at step %d: validation has not improved in %d validations (best %.3f at "
+                            "step %d; training_params.patience)", spec.label, st["early_stop_step"],
+                            self._patience(), st["best"]["val_sharpe"], st["best"]["steps"])
+                st["round"] = spec.iterations + 1
             self.checkpoint()
         return False
 
     def _finish(self, result: JobResult) -> JobResult:
+        """Keep the best validated checkpoint (not the last), score it on validation and on the training split,
+        judge its health, save it and (``spec.register``) register it; an unhealthy model is never promoted."""
         spec, st, inputs = self.spec, self.state, self.inputs
-        best = _best_round(st["rounds"]) or st["rounds"][-1]
-        result.best_iteration = best["iteration"]
-        if best["iteration"] != st["rounds"][-1]["iteration"]:
+        updates = _gradient_updates(self.agent.model)
+        last = st["rounds"][-1]
+        best = st.get("best") or {"steps": last["steps"], "val_sharpe": last["val_sharpe"],
+                                  "iteration": last["iteration"]}
+        result.best_iteration, result.best_step = best["iteration"], best["steps"]
+        if best["steps"] != self.agent.num_timesteps:
             self.agent.load_model(self.folder / BEST_FILE)
         score, backtest = validation_score(self.agent.policy, inputs.val_data, inputs.eval_config, inputs.ppy)
         if not (math.isnan(score) and math.isnan(best["val_sharpe"])) and not math.isclose(
                 score, best["val_sharpe"], rel_tol=1e-9, abs_tol=1e-12):
-            raise RuntimeError(f"the kept model scores {score} on validation but its round scored "
+            raise RuntimeError(f"the kept model scores {score} on validation but its checkpoint scored "
                                f"{best['val_sharpe']}: the validation backtest is not deterministic")
         result.val_sharpe = score
+        result.train_sharpe, _ = validation_score(self.agent.policy, inputs.train_data, inputs.eval_config,
+                                                  inputs.ppy)
+        result.model_status, reason = model_health(updates, backtest)
+        warning = memorisation_warning(result.train_sharpe, score)
+        result.warnings = [w for w in (warning, reason) if w]
+        for w in result.warnings:
+            logger.warning("%s: %s", spec.label, w)
+        if self.curves_dir and (self.curves_dir / "curves.csv").is_file():
+            plot_learning_curve(self.curves_dir / "curves.csv", self.curves_dir / "learning_curve.png",
+                                best["steps"])
+        if spec.save_model_to:
+            self.agent.save_model(Path(spec.save_model_to))
         if not spec.register:
             return result
-        metrics = compute_metrics(backtest, inputs.ppy, n_trials=spec.hpo_trials, trial_sharpes=spec.trial_sharpes,
+        selections = self._selection_trials()
+        metrics = compute_metrics(backtest, inputs.ppy, n_trials=selections[0], trial_sharpes=selections[1],
                                   bootstrap_samples=int(spec.cfg["evaluation"]["bootstrap_samples"]),
                                   seed=int(spec.cfg["evaluation"]["random_seed"]))
         self.folder.mkdir(parents=True, exist_ok=True)
         model_file = self.folder / "final.zip"
         self.agent.save_model(model_file)
         registry = Registry.from_config(spec.cfg)
-        record, decision = registry.register(model_file, self._metadata(result, metrics), run_id=self.run_id)
+        healthy = result.model_status == "ok"
+        record, decision = registry.register(model_file, self._metadata(result, metrics, updates), promote=healthy,
+                                             run_id=self.run_id)
         result.promoted, result.promotion_reason = decision.promoted, decision.reason
+        if not healthy:
+            result.promotion_reason = f"not promoted ({result.model_status}): {reason}"
         result.model_path = str(record.model_path)
         st["status"] = "finished"
         atomic_write_json(self.folder / STATE_FILE, st)
@@ -418,6 +534,9 @@ class Job:
         if self.spec.eval_every and num_timesteps >= self.next_eval:
             self.next_eval = self._next_multiple(num_timesteps, self.spec.eval_every)
             self._validate()
+            if self.state.get("early_stop_step") is not None:
+                self.round_done = True
+                return False
         return True
 
     def _safe_point(self, num_timesteps: int) -> bool:
@@ -429,9 +548,27 @@ class Job:
             return False
         return True
 
+    def _patience(self) -> int:
+        return int(self.spec.cfg["training_params"].get("patience") or 0)
+
     def _validate(self) -> float:
+        """Score the current policy on validation; keep it (``BEST_FILE``) when it is the best so far; count
+        validations without improvement for early stopping (``training_params.patience``, counted from the
+        first finite score)."""
         score, _ = validation_score(self.agent.policy, self.inputs.val_data, self.inputs.eval_config, self.inputs.ppy)
         steps = self.agent.num_timesteps
+        st = self.state
+        st.setdefault("validations", []).append([steps, score])
+        best = st.get("best")
+        if math.isfinite(score) and (best is None or score > best["val_sharpe"]):
+            st["best"] = {"steps": steps, "val_sharpe": score, "iteration": st["round"]}
+            st["since_best"] = 0
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.agent.save_model(self.folder / BEST_FILE)
+        elif best is not None:
+            st["since_best"] = st.get("since_best", 0) + 1
+            if self._patience() and st["since_best"] >= self._patience():
+                st["early_stop_step"] = steps
         self.latest_val = score
         self.bar.set_postfix(ep_pnl=f"{self.episode_pnl:,.0f}", val=f"{score:.2f}")
         if self.curves:
@@ -475,11 +612,24 @@ class Job:
     def _spec_for_state(self) -> dict[str, Any]:
         d = self.spec.to_dict()
         d.pop("cfg")
+        d.pop("inputs")
         return d
 
-    def _metadata(self, result: JobResult, metrics: dict[str, Any]) -> dict[str, Any]:
+    def _selection_trials(self) -> tuple[int, list[float]]:
+        """(trials, their Sharpes) behind the kept model for the DSR: every validated checkpoint it was chosen
+        from counts as a trial, times the hyperparameter trials that chose its settings."""
+        validations = self.state.get("validations", [])
+        if len(validations) < 2:  # one candidate: no selection beyond the hyperparameter trials
+            return int(self.spec.hpo_trials), list(self.spec.trial_sharpes)
+        sharpes = [float(v) for _, v in validations if math.isfinite(v)]
+        return int(self.spec.hpo_trials) * len(validations), list(self.spec.trial_sharpes) + sharpes
+
+    def _metadata(self, result: JobResult, metrics: dict[str, Any], updates: int | None = None) -> dict[str, Any]:
         spec, inputs, m = self.spec, self.inputs, self.inputs.dataset.manifest
+        trials, trial_sharpes = self._selection_trials()
         return {
+            "status": result.model_status, "warnings": list(result.warnings),
+            "train_sharpe": result.train_sharpe if math.isfinite(result.train_sharpe) else None,
             "model_type": spec.model_type, "algo": spec.algo, "symbol": spec.symbol, "interval": spec.interval,
             "engine": spec.engine, "action_mode": spec.action_mode, "market": inputs.dataset.market,
             "periods_per_year": inputs.ppy,
@@ -494,11 +644,13 @@ class Job:
             "training": {"seconds": round(result.seconds, 3), "steps": result.steps,
                          "episodes": self.state["episodes"], "iterations": spec.iterations,
                          "steps_per_iteration": spec.steps, "episodes_per_iteration": spec.episodes,
-                         "best_iteration": result.best_iteration, "rounds": result.rounds,
+                         "best_iteration": result.best_iteration, "best_step": result.best_step,
+                         "gradient_updates": updates, "validations": self.state.get("validations", []),
+                         "early_stop_step": self.state.get("early_stop_step"), "rounds": result.rounds,
                          "resumed": result.resumed, "checkpoint_every": spec.checkpoint_every,
                          "curves": str(paths.results_dir() / "training_curves" / self.folder.name)},
             "validation": dict(metrics, split="val", engine="fast"),
-            "hpo_trials": int(spec.hpo_trials), "trial_sharpes": list(spec.trial_sharpes),
+            "hpo_trials": trials, "trial_sharpes": trial_sharpes,
             "env_config": inputs.eval_config.to_dict(), "train_env_config": inputs.train_config.to_dict(),
             **spec.extra_metadata,
         }

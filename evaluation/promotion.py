@@ -1,0 +1,105 @@
+"""The promotion rule: when a newly trained model (the challenger) replaces the champion. One function, used by
+train_bot.py (and so by the daemon's training job) and by the walk-forward replay of the retrain loop.
+
+A challenger is promoted only when, on the SAME window (the validation window of the challenger's training):
+
+1. its Sharpe ratio is defined (a policy that never trades has none);
+2. it beats the best baseline's Sharpe on that window (buy and hold, flat, MA crossover, random);
+3. there is no champion yet, or it beats the champion's Sharpe by at least ``registry.promotion_margin`` AND the
+   difference is significant: the one-sided p-value of a paired moving-block bootstrap of the Sharpe difference
+   (:func:`evaluation.significance.sharpe_difference_test`) is below ``registry.promotion_p_value``.
+
+The settings live in training_config.json's ``registry`` section.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from evaluation.metrics import sharpe_ratio
+from evaluation.significance import sharpe_difference_test
+
+
+@dataclass(frozen=True)
+class PromotionRule:
+    """The rule's settings (training_config.json ``registry``)."""
+
+    margin: float = 0.05
+    """Annualised Sharpe the challenger must add over the champion."""
+    p_value: float = 0.05
+    """The paired bootstrap's one-sided p-value must be below this."""
+    bootstrap_samples: int = 2000
+    """Resamples of the paired bootstrap."""
+    seed: int = 0
+    """Bootstrap seed (same inputs, same decision)."""
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> PromotionRule:
+        reg = cfg["registry"]
+        return cls(margin=float(reg["promotion_margin"]), p_value=float(reg["promotion_p_value"]),
+                   bootstrap_samples=int(reg["promotion_bootstrap_samples"]),
+                   seed=int(cfg["evaluation"]["random_seed"]))
+
+
+@dataclass
+class PromotionDecision:
+    """The outcome, with the numbers behind it (recorded in the registry's champion history)."""
+
+    promoted: bool
+    reason: str
+    challenger_sharpe: float = math.nan
+    champion_sharpe: float | None = None
+    baseline_sharpe: float | None = None
+    test: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decide_promotion(challenger: Sequence[float] | np.ndarray, champion: Sequence[float] | np.ndarray | None,
+                     baseline_sharpe: float | None, periods_per_year: float,
+                     rule: PromotionRule) -> PromotionDecision:
+    """Apply the rule to per-bar returns on one window (see the module docstring).
+
+    :param challenger: the challenger's returns on the window.
+    :param champion: the champion's returns on the same bars, or None when there is no champion.
+    :param baseline_sharpe: the best baseline's annualised Sharpe on the window (None: not checked).
+    """
+    sr = sharpe_ratio(challenger, periods_per_year)
+    out = PromotionDecision(False, "", challenger_sharpe=sr, baseline_sharpe=baseline_sharpe)
+    if not math.isfinite(sr):
+        out.reason = "its validation Sharpe is undefined (the policy never trades or its equity is flat)"
+        return out
+    if baseline_sharpe is not None and math.isfinite(baseline_sharpe) and sr <= baseline_sharpe:
+        out.reason = f"validation Sharpe {sr:.3f} does not beat the best baseline's {baseline_sharpe:.3f}"
+        return out
+    if champion is None:
+        out.promoted = True
+        out.reason = f"first model that beats the best baseline (validation Sharpe {sr:.3f})"
+        return out
+    test = sharpe_difference_test(challenger, champion, periods_per_year, n_samples=rule.bootstrap_samples,
+                                  seed=rule.seed)
+    out.test = test
+    champ_sr = sharpe_ratio(champion, periods_per_year)
+    out.champion_sharpe = champ_sr
+    diff, p = test["difference"], test["p_value"]
+    if not (math.isfinite(diff) and diff >= rule.margin):
+        out.reason = (f"validation Sharpe {sr:.3f} vs champion {_num(champ_sr)} on the same bars: the difference "
+                      f"{_num(diff)} is below the margin {rule.margin:g}")
+    elif not (math.isfinite(p) and p < rule.p_value):
+        out.reason = (f"validation Sharpe {sr:.3f} beats the champion's {_num(champ_sr)} by {diff:.3f}, but not "
+                      f"significantly (paired bootstrap p = {_num(p)}, needs < {rule.p_value:g})")
+    else:
+        out.promoted = True
+        out.reason = (f"validation Sharpe {sr:.3f} beats the champion's {_num(champ_sr)} by {diff:.3f} on the same "
+                      f"bars (paired bootstrap p = {p:.3f} < {rule.p_value:g}) and the best baseline's "
+                      f"{_num(baseline_sharpe)}")
+    return out
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
