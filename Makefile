@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench clean-venv
+.PHONY: demo test test-slow bench clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,15 @@ demo: $(VENV)/.installed
 	$(PY) evaluate_bot.py --symbol GOOGL --create-plots
 
 # The architecture and style checks run first: an import that points up (.importlinter) or a ruff finding
-# fails the build like a failing test.
+# fails the build like a failing test. The tests marked slow (minutes each: the README walk-through, Ctrl-C
+# stress, kill -9 loops, the 30-day daemon, walk-forward cuts) run with `make test-slow`, and in CI.
 test: $(VENV)/.installed
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow tests
 
 bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet --no-deps -r bench/requirements.txt

@@ -6,8 +6,10 @@
     python data_pipeline.py --symbols MYCO --source csv --csv prices.csv
     python data_pipeline.py --symbols SYN --source synthetic --seed 7
 
-For each symbol: load bars from ONE source (never silently another), clean them, compute features from the
-past only, split chronologically with an embargo, normalise with train-only parameters, then write
+For each symbol: load bars from ONE source (never silently another: without ``--source``, a dataset that
+exists already is refreshed from the source its manifest records, e.g. the bundled sample after ``make demo``),
+clean them, compute features from the past only, split chronologically with an embargo, normalise with
+train-only parameters, then write
 ``data/{SYM}_{INTERVAL}_{train,val,test}_data.csv``, ``data/{SYM}_{INTERVAL}_manifest.json`` and
 ``data/{SYM}_{INTERVAL}_quality.json``. Exit code 0 when every symbol succeeded, 1 otherwise, 2 for a bad
 config or flag. The library lives in ``datafeed/``; the functions other scripts need are re-exported here.
@@ -36,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="data_pipeline.py", description=__doc__.split("\n\n")[0],
                                 epilog="examples:\n" + __doc__.split("\n\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--symbols", nargs="+", metavar="SYM", help="symbols (default: the config's symbols)")
-    p.add_argument("--source", help="yahoo | sample | csv | synthetic (default: the config's data.source)")
+    p.add_argument("--symbols", "--symbol", dest="symbols", nargs="+", metavar="SYM",
+                   help="symbols (default: the config's symbols)")
+    p.add_argument("--source", help="yahoo | sample | csv | synthetic (default: a dataset that exists already is "
+                                    "refreshed from the source it was made from; a new one uses data.source)")
     p.add_argument("--csv", nargs="+", metavar="FILE", help="with --source csv: one file per symbol, in order")
     p.add_argument("--interval", help="1d, 1h, 30m, 15m, 5m or 1m (sample source: each sample's own interval "
                                       "when not given)")
@@ -93,12 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             csv_files = list(files)
         elif args.csv:
             raise UserError("--csv is only used with --source csv")
-        logger.info("data pipeline: %d symbol(s) from %s; log %s", len(symbols), data["source"],
-                    log_file or "not written")
+        reuse = args.source is None and not args.csv and args.seed is None
+        logger.info("data pipeline: %d symbol(s) from %s%s; log %s", len(symbols), data["source"],
+                    " (a prepared dataset: from its own source)" if reuse else "", log_file or "not written")
 
         report = prepare_symbols(symbols, cfg, csv_files=csv_files, update=args.update_data,
                                  interval_given=args.interval is not None, synthetic_kind=args.synthetic_kind,
-                                 synthetic_bars=args.bars, quiet=args.quiet, log_file=log_file)
+                                 synthetic_bars=args.bars, quiet=args.quiet, log_file=log_file,
+                                 reuse_recorded_source=reuse)
         for line in report.lines():
             print(line)
         failures = list(report.failures.items())

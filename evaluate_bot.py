@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,16 +41,20 @@ from training.walkforward import WalkForwardSettings, format_walkforward, run_wa
 logger = logging.getLogger("evaluate_bot")
 
 ENGINES = ("fast", "backtrader", "both")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="evaluate_bot.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--symbol", nargs="+", required=True, help="one or more symbols, e.g. GOOGL EURUSD")
+    p.add_argument("--symbol", "--symbols", dest="symbol", nargs="+", required=True, metavar="SYM",
+                   help="one or more symbols, e.g. GOOGL EURUSD (a symbol that fails does not stop the others)")
     p.add_argument("--interval", choices=INTERVALS, help="bar interval (default: data.interval of the config)")
     p.add_argument("--models", nargs="+", metavar="RUN",
                    help="run ids of the registry (default: every registered model of the symbol); a model from "
                         "elsewhere is imported first: train_bot.py --import-model PATH")
     p.add_argument("--engine", choices=ENGINES,
-                   help="backtest engine (default: evaluation.engine); 'both' also reports how far they differ")
+                   help="backtest engine (default: evaluation.engine); 'both' reports backtrader's figures and "
+                        "the gap of the fast engine's final equity to them")
     p.add_argument("--split", choices=("train", "val", "test"), help="split to backtest on (default: test)")
     p.add_argument("--synthetic", action="store_true",
                    help="backtest on a seeded synthetic series made by data_pipeline's generators")
@@ -63,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="config file (default: ./training_config.json when it exists)")
     p.add_argument("--psr-level", type=float, help="PSR a model needs for a recommendation (default: "
                                                    "monitoring.psr_level, 0.95)")
-    p.add_argument("--quiet", action="store_true", help="only warnings on the terminal; print just the verdict")
+    p.add_argument("--quiet", action="store_true",
+                   help="only warnings on the terminal; print one line per symbol: the verdict and the results file")
     sig = p.add_argument_group("signal (the model's decision on the newest prepared bar)")
     sig.add_argument("--signal", action="store_true",
                      help="print the decision of the model(s) on the newest prepared bar: the order (market or limit "
@@ -114,11 +119,28 @@ def _run(args: argparse.Namespace) -> int:
         return _signal(args, cfg, symbols)
     if args.walk_forward:
         return _walk_forward(args, cfg, symbols)
+    return _for_each_symbol(symbols, lambda symbol: _print_summary(
+        evaluate_symbol(symbol, cfg, models=args.models, synthetic=args.synthetic, seed=args.seed, bars=args.bars,
+                        kind=args.kind, create_plots=args.create_plots), quiet=args.quiet))
+
+
+def _for_each_symbol(symbols: list[str], run: Callable[[str], None]) -> int:
+    """Run ``run`` for every symbol; a user error (a missing dataset, an unknown model) of one symbol does not
+    stop the others: it is one error line, and a last line names every symbol that failed (exit code 1).
+    With a single symbol the error is simply the command's one error line."""
+    if len(symbols) == 1:
+        run(symbols[0])
+        return 0
+    failed: list[str] = []
     for symbol in symbols:
-        outcome = evaluate_symbol(symbol, cfg, models=args.models, synthetic=args.synthetic, seed=args.seed,
-                                  bars=args.bars, kind=args.kind, create_plots=args.create_plots)
-        _print_summary(outcome, quiet=args.quiet)
-    return 0
+        try:
+            run(symbol)
+        except UserError as exc:
+            logger.error("%s", exc if str(exc).startswith(symbol) else f"{symbol}: {exc}")
+            failed.append(symbol)
+    if failed:
+        print(f"{len(symbols) - len(failed)} of {len(symbols)} symbol(s) evaluated; failed: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 def _walk_forward(args: argparse.Namespace, cfg: dict[str, Any], symbols: list[str]) -> int:
@@ -155,14 +177,18 @@ def _signal(args: argparse.Namespace, cfg: dict[str, Any], symbols: list[str]) -
 
 
 def _print_summary(outcome: dict[str, Any], quiet: bool) -> None:
+    files = f"results: {outcome['json_path']}" + (f"; report: {outcome['report_html']}" if "report_html" in outcome
+                                                  else "")
+    verdict = f"{outcome['symbol']}: {outcome['recommendation']['text']}"
+    if quiet:
+        print(f"{verdict} ({files})")
+        return
     sr = outcome["split_range"]
-    if not quiet:
-        print(f"\n{outcome['symbol']} {outcome['interval']} {outcome['split']} split {sr['start']} to {sr['end']} "
-              f"({sr['rows']} bars), engine {outcome['engine']}, net of costs")
-        print(format_table(outcome))
-    print(f"{outcome['symbol']}: {outcome['recommendation']['text']}")
-    print(f"results: {outcome['json_path']}" + (f"; report: {outcome['report_html']}" if "report_html" in outcome
-                                                else ""))
+    print(f"\n{outcome['symbol']} {outcome['interval']} {outcome['split']} split {sr['start']} to {sr['end']} "
+          f"({sr['rows']} bars), engine {outcome['engine']}, net of costs")
+    print(format_table(outcome))
+    print(verdict)
+    print(files)
 
 
 if __name__ == "__main__":

@@ -31,13 +31,16 @@ from agents.importing import import_model
 from agents.registry import Registry
 from botcore.cli import run_guarded, seed_number, whole_number
 from botcore.config import MAX_WORKERS
+from botcore.errors import UserError
 from botcore.logsetup import setup_logging
 from botcore.signals import StopFlag, stop_on_signals
 from botcore.symbols import validate_symbol
 from datafeed.dataset import Dataset
+from rl_env.config import EnvConfig
+from rl_env.data import MarketData
 from training.continuous import continuous
 from training.hpo import optimize_then_train
-from training.job import JobResult, JobSpec
+from training.job import JobResult, JobSpec, recent_bars
 from training.session import Session
 from training.workers import run_jobs
 
@@ -84,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy a run folder from outside the registry (model.zip and metadata.json, this toolkit's "
                         "format) into it as a new challenger run, after checking its checksum and format; with "
                         "--symbol SYM it is registered under SYM. Nothing is trained")
+    p.add_argument("--rollback", metavar="SYM",
+                   help="make the previous champion of SYM the champion again (with --model-type; both when not "
+                        "given); the change is recorded in models/champion_history.json. Nothing is trained")
     p.add_argument("--config", help="config file (default: ./training_config.json when it exists)")
     p.add_argument("--quiet", action="store_true", help="warnings and errors only; no progress bar")
     p.add_argument("--verbose", action="store_true", help="debug messages on the terminal")
@@ -135,44 +141,92 @@ def processes_for(args: argparse.Namespace, cfg: dict[str, Any], n_jobs: int) ->
     return min(workers, n_jobs)
 
 
-def print_results(results: list[JobResult]) -> None:
-    header = (f"{'symbol':<10} {'int':<4} {'model':<19} {'steps':>8} {'train Sharpe':>12} {'val Sharpe':>10}  "
-              f"{'status':<11} run")
-    print(header)
-    print("-" * len(header))
+def _status(r: JobResult) -> str:
+    if r.status != "finished":
+        return r.status
+    return r.model_status if r.model_status not in ("", "ok") else "champion" if r.promoted else "challenger"
 
+
+def _kept_steps(r: JobResult) -> str:
+    """Env steps of the kept checkpoint (the best validation), and of the whole run when it trained further."""
+    kept = r.best_step or r.steps
+    return f"{kept:,}" if kept == r.steps or r.status != "finished" else f"{kept:,}/{r.steps:,}"
+
+
+def print_results(results: list[JobResult], quiet: bool = False) -> None:
+    """The session's table (with ``quiet``: one line per job); a last line names the jobs that failed."""
     def cell(value: float, width: int) -> str:
         return f"{value:{width}.3f}" if math.isfinite(value) else f"{'n/a':>{width}}"
 
-    for r in results:
-        model = r.model_type if r.algo == "deepscalper" else f"{r.model_type}/{r.algo}"
-        status = ("champion" if r.promoted else "challenger") if r.status == "finished" else r.status
-        if r.status == "finished" and r.model_status not in ("", "ok"):
-            status = r.model_status
-        extra = r.run_id if r.status != "failed" else r.error
-        print(f"{r.symbol:<10} {r.interval:<4} {model:<19} {r.steps:>8} {cell(r.train_sharpe, 12)} "
-              f"{cell(r.val_sharpe, 10)}  {status:<11} {extra}")
-        for warning in r.warnings:
-            print(f"  warning: {warning}")
-    if any(r.status == "finished" for r in results):
-        print("Sharpe: annualised, net of costs, of the kept checkpoint (the best validation) on the training and "
-              "validation splits (n/a: the policy never trades). The test split is untouched: run evaluate_bot.py "
-              "for out-of-sample results.")
+    def model(r: JobResult) -> str:
+        return r.model_type if r.algo == "deepscalper" else f"{r.model_type}/{r.algo}"
+
+    failed = [r for r in results if r.status == "failed"]
+    if quiet:
+        for r in results:
+            if r.status == "finished":
+                print(f"{r.symbol} {r.interval} {model(r)}: {_status(r)}, validation Sharpe "
+                      f"{cell(r.val_sharpe, 0).strip()} at step {r.best_step or r.steps:,} (run {r.run_id})")
+    else:
+        header = (f"{'symbol':<10} {'int':<4} {'model':<19} {'steps (kept)':>13} {'train Sharpe':>12} "
+                  f"{'val Sharpe':>10}  {'status':<11} run")
+        print(header)
+        print("-" * len(header))
+        for r in results:
+            extra = r.run_id if r.status != "failed" else r.error
+            print(f"{r.symbol:<10} {r.interval:<4} {model(r):<19} {_kept_steps(r):>13} {cell(r.train_sharpe, 12)} "
+                  f"{cell(r.val_sharpe, 10)}  {_status(r):<11} {extra}")
+            for warning in r.warnings:
+                print(f"  warning: {warning}")
+        if any(r.status == "finished" for r in results):
+            print("steps (kept): env steps of the kept checkpoint (the best validation), of all steps trained when "
+                  "it was not the last. Sharpe: annualised, net of costs, of that checkpoint on the training and "
+                  "validation splits (n/a: the policy never trades). The test split is untouched: run "
+                  "evaluate_bot.py for out-of-sample results.")
+    if failed and len(results) > 1:
+        print(f"{len(results) - len(failed)} of {len(results)} job(s) trained; failed: "
+              + ", ".join(f"{r.symbol} {model(r)}" for r in failed))
 
 
 def train_once(args: argparse.Namespace, cfg: dict[str, Any], session: Session, stop: StopFlag,
                log_file: Path) -> list[JobResult]:
     specs = build_specs(args, cfg)
-    for spec in specs:
-        Dataset.open(spec.symbol, spec.interval)  # a missing dataset fails here, naming the command to make it
+    missing = _missing_datasets(specs, cfg)
+    ready = [spec for spec in specs if spec.symbol not in missing]
     if args.optimize:
-        results = [optimize_then_train(spec, cfg, session, stop, log_file, args.study_name, args.quiet)
-                   for spec in specs]
+        done = [optimize_then_train(spec, cfg, session, stop, log_file, args.study_name, args.quiet)
+                for spec in ready]
     else:
-        results = run_jobs(specs, processes_for(args, cfg, len(specs)), stop, str(log_file), args.quiet)
+        done = run_jobs(ready, processes_for(args, cfg, len(ready)), stop, str(log_file), args.quiet) if ready else []
+    by_spec = dict(zip(map(id, ready), done))
+    results = [by_spec[id(spec)] if spec.symbol not in missing else JobResult.of(spec, "failed", missing[spec.symbol])
+               for spec in specs]
     session.data["jobs"].extend(r.to_dict() for r in results)
     session.save()
     return results
+
+
+def _missing_datasets(specs: list[JobSpec], cfg: dict[str, Any]) -> dict[str, str]:
+    """Symbol -> why its dataset cannot be read. With one symbol the error ends the command (one line naming the
+    command that makes the dataset); with several, the others train and the missing ones are failed jobs.
+    Each readable dataset's training window (``training_params.lookback_days``) is said here, once per symbol."""
+    symbols = list(dict.fromkeys(spec.symbol for spec in specs))
+    missing: dict[str, str] = {}
+    for symbol in symbols:
+        interval = cfg["data"]["interval"]
+        try:
+            dataset = Dataset.open(symbol, interval)
+        except UserError as exc:
+            if len(symbols) == 1:
+                raise
+            missing[symbol] = str(exc)
+            continue
+        days = int(cfg["training_params"]["lookback_days"])
+        if days > 0:
+            window = EnvConfig.from_config(cfg, "discrete", training=True).window
+            recent_bars(MarketData.from_frame(dataset.split("train"), symbol, interval), days, window + 2,
+                        level=logging.INFO)
+    return missing
 
 
 # --- main ----------------------------------------------------------------------------------------------------
@@ -191,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             build_parser().error("--import-model takes at most one --symbol and no --resume, --optimize or "
                                  "--continuous")
         return run_guarded(lambda: _import_model(args))
+    if args.rollback:
+        if args.resume or args.optimize or args.continuous or args.symbols:
+            build_parser().error("--rollback SYM takes no --symbol, --resume, --optimize or --continuous")
+        return run_guarded(lambda: _rollback(args))
 
     def body() -> int:
         log_file = setup_logging("training", quiet=args.quiet, verbose=args.verbose)
@@ -209,13 +267,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                     def cycle() -> list[JobResult]:
                         results = train_once(args, cfg, session, stop, log_file)
-                        print_results(results)
+                        print_results(results, args.quiet)
                         return results
 
                     code = continuous(symbols, cfg, session, stop, cycle, args.max_cycles, args.quiet)
                 else:
                     results = train_once(args, cfg, session, stop, log_file)
-                    print_results(results)
+                    print_results(results, args.quiet)
                     code = _exit_code(results, stop)
             return code
         finally:
@@ -231,6 +289,24 @@ def _import_model(args: argparse.Namespace) -> int:
                           args.symbols[0] if args.symbols else None)
     print(f"imported {args.import_model} as run {record.run_id} ({record.symbol} {record.interval} {record.algo}, "
           f"challenger); evaluate it with: python evaluate_bot.py --symbol {record.symbol} --models {record.run_id}")
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    setup_logging("training", quiet=args.quiet, verbose=args.verbose)
+    cfg = resolve(args)
+    registry = Registry.from_config(cfg)
+    symbol = validate_symbol(args.rollback)
+    types = model_types(args, cfg) if args.model_type else ["deepscalper", "backtrader"]
+    done = 0
+    for model_type in types:
+        if args.model_type is None and registry.champion(symbol, cfg["data"]["interval"], model_type) is None:
+            continue
+        record = registry.rollback(symbol, cfg["data"]["interval"], model_type)
+        print(f"{symbol} {cfg['data']['interval']} {model_type}: champion is again {record.run_id}")
+        done += 1
+    if not done:
+        raise UserError(f"{symbol} {cfg['data']['interval']} has no champion to roll back")
     return 0
 
 

@@ -5,6 +5,7 @@ Layout under ``models/`` (relative to the workspace)::
     models/{SAFE_SYM}_{INTERVAL}_{model_type}_{run_id}/model.zip       the trained model (one file)
     models/{SAFE_SYM}_{INTERVAL}_{model_type}_{run_id}/metadata.json   everything about the run
     models/champions.json                                              "SYM/INTERVAL/model_type" -> run_id
+    models/champion_history.json                                       every change of champion, with its reason
     models/backup_<timestamp>/...                                      old versions of replaced files
     models/checkpoints/<run>/                                          unfinished runs (train_bot.py)
 
@@ -12,10 +13,11 @@ Layout under ``models/`` (relative to the workspace)::
 a tampered or truncated model is refused with a :class:`~botcore.errors.ModelFileError` naming the file.
 The registry never imports an algorithm: :func:`agents.load_registered` verifies, then loads.
 
-Champions: per symbol, interval and model type one run is the champion. A new run is promoted only when its
-validation score (annualised Sharpe ratio net of costs on the validation split) beats the champion's by at
-least ``registry.promotion_margin``; otherwise it stays a challenger. A run whose score is undefined (a policy
-that never trades has no return variance, so no Sharpe ratio) is never promoted.
+Champions: per symbol, interval and model type one run is the champion. The registry does not judge models:
+whether a new run replaces the champion is decided by the one promotion rule
+(:func:`evaluation.promotion.decide_promotion`, applied by the training job on the run's validation bars) and
+passed to :meth:`Registry.register`; the registry records the decision and its reason in the run's metadata and
+in ``champion_history.json``, and :meth:`Registry.rollback` restores the previous champion.
 
 Several processes may register at the same time (``train_bot.py --workers``): registrations and writes to
 ``champions.json`` happen under an exclusive ``fcntl`` lock on ``models/.registry.lock``.
@@ -59,6 +61,7 @@ logger = logging.getLogger(__name__)
 MODEL_FILE = "model.zip"
 METADATA_FILE = "metadata.json"
 CHAMPIONS_FILE = "champions.json"
+HISTORY_FILE = "champion_history.json"
 LOCK_FILE = ".registry.lock"
 BACKUP_PREFIX = "backup_"
 STAGING_SUFFIX = ".staging"
@@ -144,24 +147,20 @@ class Registry:
     """Read and write the registry under ``root`` (default ``models/`` in the current workspace).
 
     :param root: the models folder.
-    :param promotion_margin: validation Sharpe a challenger must add to the champion's to replace it.
     :param keep_backups: how many ``backup_<timestamp>`` folders to keep (oldest pruned first).
     """
 
-    def __init__(self, root: Path | str | None = None, promotion_margin: float = 0.05, keep_backups: int = 5):
+    def __init__(self, root: Path | str | None = None, keep_backups: int = 5):
         self.root = Path(root) if root is not None else paths.models_dir()
-        if promotion_margin < 0:
-            raise ValueError("promotion_margin must be 0 or more")
         if keep_backups < 1:
             raise ValueError("keep_backups must be 1 or more")
-        self.promotion_margin = float(promotion_margin)
         self.keep_backups = int(keep_backups)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], root: Path | str | None = None) -> Registry:
-        """A registry with ``registry.promotion_margin`` and ``registry.keep_backups`` from a loaded config."""
+        """A registry with ``registry.keep_backups`` from a loaded config."""
         reg = cfg.get("registry", {})
-        return cls(root, promotion_margin=reg.get("promotion_margin", 0.05), keep_backups=reg.get("keep_backups", 5))
+        return cls(root, keep_backups=reg.get("keep_backups", 5))
 
     # --- reading ----------------------------------------------------------------------------------
 
@@ -255,14 +254,16 @@ class Registry:
     # --- writing ----------------------------------------------------------------------------------
 
     def register(self, model_file: Path | str, metadata: dict[str, Any], promote: bool = True,
-                 run_id: str | None = None) -> tuple[RunRecord, PromotionDecision]:
+                 run_id: str | None = None, reason: str | None = None) -> tuple[RunRecord, PromotionDecision]:
         """Copy a trained model into a new run folder, write its metadata (with sha256) and decide promotion.
 
         :param model_file: the saved model (it is copied, not moved).
         :param metadata: must hold model_type, algo, symbol, interval and ``validation.sharpe_ratio``
             (may be nan/None); ``run_id``, ``sha256``, ``created`` and ``promotion`` are filled in here.
-        :param promote: False registers the run as a challenger without comparing.
+        :param promote: the promotion rule's decision (:func:`evaluation.promotion.decide_promotion`): True makes
+            the run the champion of its symbol, interval and model type, False registers it as a challenger.
         :param run_id: a chosen id (default: a new time-stamped one).
+        :param reason: why (recorded in the metadata and the champion history).
         """
         source = Path(model_file)
         if not source.is_file():
@@ -298,7 +299,7 @@ class Registry:
                 meta.update(run_id=run_id, symbol=symbol, sha256=sha256_file(staging / MODEL_FILE),
                             created=meta.get("created") or datetime.now(UTC).isoformat(timespec="microseconds"),
                             model_file=MODEL_FILE)
-                decision = self._decide(current, validation_score(meta), promote)
+                decision = self._decide(current, validation_score(meta), promote, reason)
                 if unreadable:
                     decision.reason = (f"{self.root / CHAMPIONS_FILE} is unreadable, so nothing was compared; "
                                        "registered as a challenger")
@@ -317,7 +318,8 @@ class Registry:
                 raise
             if decision.promoted:
                 try:
-                    self._write_champion(champion_key(symbol, meta["interval"], meta["model_type"]), run_id)
+                    self._write_champion(champion_key(symbol, meta["interval"], meta["model_type"]), run_id,
+                                         decision.reason)
                 except OSError as exc:  # the run is registered; only its promotion is lost
                     decision.promoted = False
                     decision.reason = (f"{decision.reason}, but {self.root / CHAMPIONS_FILE} could not be written "
@@ -335,12 +337,47 @@ class Registry:
         with self._locked():
             return self._recover_locked()
 
-    def set_champion(self, record: RunRecord) -> None:
-        """Make ``record`` the champion of its key regardless of scores (a manual promotion or rollback)."""
+    def set_champion(self, record: RunRecord, reason: str = "set by hand") -> None:
+        """Make ``record`` the champion of its key regardless of scores (a manual promotion)."""
         self.verify(record)
         with self._locked():
-            self._write_champion(record.key, record.run_id)
+            self._write_champion(record.key, record.run_id, reason)
         logger.info("%s is now the champion of %s", record.run_id, record.key)
+
+    def champion_history(self, key: str | None = None) -> list[dict[str, Any]]:
+        """Every change of champion, oldest first (of one ``SYM/INTERVAL/model_type`` key, or all)."""
+        path = self.root / HISTORY_FILE
+        if not path.is_file():
+            return []
+        try:
+            events = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelFileError(f"{path} is unreadable ({exc}); restore it from {self.root}/{BACKUP_PREFIX}*") \
+                from exc
+        if not isinstance(events, list):
+            raise ModelFileError(f"{path} must hold a list; restore it from {self.root}/{BACKUP_PREFIX}*")
+        return [e for e in events if isinstance(e, dict) and (key is None or e.get("key") == key)]
+
+    def rollback(self, symbol: str, interval: str, model_type: str) -> RunRecord:
+        """Restore the champion before the current one (its files and metadata are kept in the registry);
+        UserError when there is none to go back to. The rollback is itself recorded in the history."""
+        key = champion_key(symbol, interval, model_type)
+        with self._locked():
+            current = self._read_champions().get(key)
+            if current is None:
+                raise UserError(f"{key} has no champion to roll back")
+            previous = None
+            for event in reversed(self.champion_history(key)):  # the promotion that made `current` champion
+                if event.get("run_id") == current and not event.get("rollback"):
+                    previous = event.get("previous")
+                    break
+            if previous is None:
+                raise UserError(f"{key}: the champion {current} has no earlier champion to go back to")
+            record = self.get(previous)
+            self.verify(record)
+            self._write_champion(key, record.run_id, f"rollback from {current}")
+        logger.warning("%s: rolled back from %s to %s", key, current, record.run_id)
+        return self.get(previous)
 
     def backup(self, files: Iterable[Path]) -> Path | None:
         """Copy the existing ``files`` (inside the models folder) to a new ``backup_<timestamp>/`` folder,
@@ -381,27 +418,13 @@ class Registry:
 
     # --- internals --------------------------------------------------------------------------------
 
-    def _decide(self, current: RunRecord | None, score: float, promote: bool) -> PromotionDecision:
+    @staticmethod
+    def _decide(current: RunRecord | None, score: float, promote: bool, reason: str | None) -> PromotionDecision:
         champ_score = current.score if current is not None else None
         champ_id = current.run_id if current is not None else None
-        if not promote:
-            return PromotionDecision(False, "registered as a challenger (promotion not requested)", score,
-                                     champ_score, champ_id)
-        if not math.isfinite(score):
-            return PromotionDecision(False, "validation Sharpe is undefined (no return variance on the "
-                                     "validation split); kept as a challenger", score, champ_score, champ_id)
-        if current is None:
-            return PromotionDecision(True, "first model with a defined validation Sharpe for this symbol, "
-                                     "interval and model type", score, None, None)
-        if champ_score is None or not math.isfinite(champ_score):
-            return PromotionDecision(True, f"champion {champ_id} has no defined validation Sharpe", score,
-                                     champ_score, champ_id)
-        if score - champ_score >= self.promotion_margin and score > champ_score:
-            return PromotionDecision(True, f"validation Sharpe {score:.3f} beats champion {champ_id} "
-                                     f"({champ_score:.3f}) by at least {self.promotion_margin:g}", score,
-                                     champ_score, champ_id)
-        return PromotionDecision(False, f"validation Sharpe {score:.3f} does not beat champion {champ_id} "
-                                 f"({champ_score:.3f}) by {self.promotion_margin:g}; kept as a challenger", score,
+        if promote:
+            return PromotionDecision(True, reason or "promoted by request", score, champ_score, champ_id)
+        return PromotionDecision(False, reason or "registered as a challenger (promotion not requested)", score,
                                  champ_score, champ_id)
 
     def _recover_locked(self) -> list[Path]:
@@ -438,12 +461,23 @@ class Registry:
         except ModelFileError:
             return {}
 
-    def _write_champion(self, key: str, run_id: str) -> None:
+    def _write_champion(self, key: str, run_id: str, reason: str) -> None:
         champions = self._read_champions()
+        previous = champions.get(key)
         champions[key] = run_id
         target = self.root / CHAMPIONS_FILE
         self.backup([target])
         atomic_write_json(target, dict(sorted(champions.items())))
+        if previous == run_id:
+            return
+        try:
+            history = self.champion_history()
+        except ModelFileError as exc:  # a damaged history never blocks a promotion; it starts again
+            logger.warning("%s; starting a new champion history", exc)
+            history = []
+        history.append({"time": datetime.now(UTC).isoformat(timespec="seconds"), "key": key, "run_id": run_id,
+                        "previous": previous, "reason": reason, "rollback": reason.startswith("rollback from")})
+        atomic_write_json(self.root / HISTORY_FILE, history)
 
     def _read_champions(self) -> dict[str, str]:
         target = self.root / CHAMPIONS_FILE

@@ -32,6 +32,14 @@ SCRIPTS = {"data": "data_pipeline.py", "training": "train_bot.py", "evaluation":
            TRADE_JOB: ""}  # the trade job runs in-process
 
 
+def data_source_hint(symbol: str) -> str:
+    """What to do when a data unit failed at its source: the units take no ``--source``, so the hint names the
+    commands that do."""
+    return (f"; the data job refreshes each prepared dataset from the source it was made from: prepare {symbol} "
+            f"once with python data_pipeline.py --symbols {symbol} --source sample|csv|synthetic, or set data.source "
+            "in training_config.json")
+
+
 @dataclass
 class Unit:
     name: str  # e.g. training/GOOGL/deepscalper
@@ -195,6 +203,8 @@ class Chain:
                 logger.exception("%s: the runner failed", unit.name)
                 what = "paper trading" if unit.job == TRADE_JOB else unit.script
                 result = UnitResult("failed", f"could not run {what}: {type(exc).__name__}: {exc}")
+            if unit.job == "data" and result.outcome == "failed" and "--source" in result.error:
+                result.error += data_source_hint(unit.symbol)
             log = logger.info if result.outcome == "ok" else logger.error
             log("%s: %s%s", unit.name, result.outcome, f" ({result.error})" if result.error else "")
         result.error = self.alerts.notifier.redact(result.error)

@@ -4,14 +4,26 @@ Packages only use ``logging.getLogger(__name__)``; handlers are installed here, 
 
 Every handler installed here masks secrets (:func:`botcore.redact.redact`) in each line it writes. The
 terminal gets one line per record, never a traceback or a stack: tracebacks go to the log file only.
+
+Progress bars and log lines share the terminal without interleaving: the console handler writes each line
+through ``tqdm.write`` (what ``tqdm.contrib.logging.logging_redirect_tqdm`` does), which lifts this process's
+bars, prints the line above them and redraws them. Training jobs in worker processes each draw their own bar on
+their own line; on a terminal, every process of a session takes one lock (a ``flock`` on a file named in
+``BOTCORE_TERMINAL_LOCK``, inherited by the workers) around each bar update and each log line, so one process
+never writes into the middle of another's.
 """
 from __future__ import annotations
 
+import atexit
+import fcntl
 import logging
 import os
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any, TextIO
 
 from botcore import paths
 from botcore.redact import redact
@@ -47,6 +59,106 @@ class OneLineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         record.message = record.getMessage()
         return " ".join(self.formatMessage(record).splitlines())
+
+
+class TerminalHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The console handler: each record through ``tqdm.write``, so that it lands above the progress bars, never
+    inside one. On a terminal the line first erases the screen below the cursor (other processes' bars, redrawn at
+    their next update)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            line = self.format(record)
+            stream: TextIO = self.stream
+            erase = "\r\x1b[J" if _isatty(stream) else ""
+            tqdm.write(erase + line, file=stream)
+            self.flush()
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 (logging's own convention: report and carry on)
+            self.handleError(record)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+_TERMINAL_LOCK_ENV = "BOTCORE_TERMINAL_LOCK"
+
+
+class TerminalLock:
+    """A lock shared by the processes of one session that draw on the same terminal (tqdm's write lock): a
+    ``flock`` on ``path``, re-entrant within a process as tqdm expects. ``acquire(False)`` does not wait."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._depth = 0
+        self._threads = threading.RLock()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not self._threads.acquire(blocking):
+            return False
+        if self._depth == 0:
+            try:
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(self._fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except OSError:
+                if not blocking:
+                    self._threads.release()
+                    return False
+                # the lock file cannot be used: draw without it rather than not at all
+        self._depth += 1
+        return True
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            except OSError:
+                pass
+        self._threads.release()
+
+    def __enter__(self) -> TerminalLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _share_terminal(path: str) -> None:
+    """Make tqdm's bars and our log lines in this process take the session's terminal lock."""
+    from tqdm import tqdm
+
+    tqdm.set_lock(TerminalLock(path))
+
+
+def _start_terminal_session() -> None:
+    """In the main process, on a terminal: a lock file for this session, named in the environment so that the
+    worker processes it spawns share it (removed at exit)."""
+    if not _isatty(sys.stderr):
+        os.environ.pop(_TERMINAL_LOCK_ENV, None)
+        return
+    path = os.path.join(tempfile.gettempdir(), f"botcore_terminal_{os.getpid()}.lock")
+    if os.environ.get(_TERMINAL_LOCK_ENV) != path:
+        os.environ[_TERMINAL_LOCK_ENV] = path
+        atexit.register(_remove_quietly, path)
+    _share_terminal(path)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class _LogState:
@@ -95,7 +207,8 @@ def setup_logging(script: str, quiet: bool = False, verbose: bool = False, max_b
             root.removeHandler(handler)
             handler.close()
     root.setLevel(logging.DEBUG)
-    console = logging.StreamHandler(sys.stderr)
+    _start_terminal_session()
+    console = TerminalHandler(sys.stderr)
     console.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     console.setFormatter(OneLineFormatter(_CONSOLE_FORMAT))
     console.addFilter(RedactingFilter())
@@ -147,9 +260,12 @@ def _quiet_noisy_loggers() -> None:
 
 def setup_worker_logging(log_file: str | None, quiet: bool) -> None:
     """Logging in a worker process: append to the session's log file (lines tagged with the pid), and
-    warnings (INFO unless ``quiet``) on the console, one line each, secrets masked as in the parent."""
+    warnings (INFO unless ``quiet``) on the console, one line each, secrets masked as in the parent; bars and
+    lines under the session's terminal lock (see the module docstring)."""
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
+    if os.environ.get(_TERMINAL_LOCK_ENV) and _isatty(sys.stderr):
+        _share_terminal(os.environ[_TERMINAL_LOCK_ENV])
     if log_file:
         try:
             handler = logging.FileHandler(log_file, encoding="utf-8")
@@ -159,7 +275,7 @@ def setup_worker_logging(log_file: str | None, quiet: bool) -> None:
             handler.setFormatter(logging.Formatter(_FILE_FORMAT.replace("%(name)s", "[pid %(process)d] %(name)s")))
             handler.addFilter(RedactingFilter())
             root.addHandler(handler)
-    console = logging.StreamHandler()
+    console = TerminalHandler(sys.stderr)
     console.setLevel(logging.WARNING if quiet else logging.INFO)
     console.setFormatter(OneLineFormatter(_CONSOLE_FORMAT))
     console.addFilter(RedactingFilter())

@@ -1,6 +1,11 @@
 """Preparing symbols end to end: load from a source, clean, compute features, split, write (``data_pipeline.py``).
 
 One symbol's failure never stops the others: :func:`prepare_symbols` reports each failure and carries on.
+
+A refresh keeps each dataset's source: with ``reuse_recorded_source`` (the daemon's ``--update-data`` without
+``--source``, ``train_bot.py --continuous``), a symbol that already has a dataset is reloaded from the source its
+manifest records (the bundled sample, the same CSV file, the same synthetic generator and seed), never silently
+from another one; ``data.source`` applies to symbols without a dataset, and ``--source`` switches explicitly.
 """
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from botcore.errors import UserError
+from botcore.errors import DataError, UserError
+from datafeed.dataset import load_manifest
 from datafeed.sources import load_csv, load_sample, load_synthetic, load_yahoo, sample_symbols
 from datafeed.splits import prepare, write_splits
 
@@ -57,6 +63,31 @@ def _describe(manifest: dict[str, Any]) -> str:
 
 
 @dataclass
+class RecordedSource:
+    """Where an existing dataset came from (its manifest): what a refresh needs to reload the same bars."""
+
+    source: str
+    csv_file: str | None = None
+    synthetic: dict[str, Any] = field(default_factory=dict)
+
+
+def recorded_source(symbol: str, interval: str) -> RecordedSource | None:
+    """The source of the prepared dataset of ``symbol`` and ``interval``; None when there is none (or its
+    manifest cannot be read: the refresh then follows the config and rewrites it)."""
+    try:
+        manifest = load_manifest(symbol, interval)
+    except DataError:
+        return None
+    source = manifest.get("source")
+    if not isinstance(source, str):
+        return None
+    settings = manifest.get("settings") or {}
+    info = manifest.get("source_info") or {}
+    return RecordedSource(source=source, csv_file=info.get("file") if source == "csv" else None,
+                          synthetic=dict(settings.get("synthetic") or {}))
+
+
+@dataclass
 class PipelineReport:
     """What :func:`prepare_symbols` did: one manifest per prepared symbol, one message per failed symbol."""
 
@@ -70,9 +101,13 @@ class PipelineReport:
 def prepare_symbols(symbols: Sequence[str], cfg: dict[str, Any], *, csv_files: Sequence[str | None] | None = None,
                     update: bool = False, interval_given: bool = True, synthetic_kind: str = "gbm",
                     synthetic_bars: int = DEFAULT_SYNTHETIC_BARS, quiet: bool = False,
-                    log_file: Path | None = None) -> PipelineReport:
+                    log_file: Path | None = None, reuse_recorded_source: bool = False) -> PipelineReport:
     """Prepare every symbol with the config's source; symbol ``i`` of the synthetic source gets seed
-    ``data.seed + i``. The sample source takes each sample's own interval unless ``interval_given``."""
+    ``data.seed + i``. The sample source takes each sample's own interval unless ``interval_given``.
+
+    :param reuse_recorded_source: a symbol that has a dataset already is reloaded from the source its manifest
+        records (see the module docstring); the caller passes False when the user named the source.
+    """
     data = cfg["data"]
     files = list(csv_files) if csv_files is not None else [None] * len(symbols)
     report = PipelineReport()
@@ -82,10 +117,21 @@ def prepare_symbols(symbols: Sequence[str], cfg: dict[str, Any], *, csv_files: S
         interval = data["interval"]
         if data["source"] == "sample" and not interval_given:
             interval = sample_symbols().get(symbol, interval)
+        sym_cfg, csv_file, seed, kind, n_bars = cfg, files[i], data["seed"] + i, synthetic_kind, synthetic_bars
+        recorded = recorded_source(symbol, interval) if reuse_recorded_source else None
+        if recorded is not None:
+            if recorded.source != data["source"]:
+                logger.info("%s %s: refreshing from %s, the source its dataset was prepared from (data.source is "
+                            "%s; data_pipeline.py --source %s switches it)", symbol, interval, recorded.source,
+                            data["source"], data["source"])
+            sym_cfg = {**cfg, "data": {**data, "source": recorded.source}}
+            csv_file = recorded.csv_file or csv_file
+            seed = int(recorded.synthetic.get("seed", seed))
+            kind = str(recorded.synthetic.get("kind", kind))
+            n_bars = int(recorded.synthetic.get("bars", n_bars))
         try:
-            report.manifests[symbol] = run_symbol(symbol, interval, cfg, csv_file=files[i], seed=data["seed"] + i,
-                                                  update=update, synthetic_kind=synthetic_kind,
-                                                  synthetic_bars=synthetic_bars)
+            report.manifests[symbol] = run_symbol(symbol, interval, sym_cfg, csv_file=csv_file, seed=seed,
+                                                  update=update, synthetic_kind=kind, synthetic_bars=n_bars)
         except UserError as exc:
             logger.debug("%s failed", symbol, exc_info=True)
             report.failures[symbol] = str(exc)

@@ -529,9 +529,12 @@ class DeepScalper:
                "charts/episode_length": mean("ep_len")}
         for key in self._stats:
             self._stats[key].clear()
-        logger.info("step %d eps %.3f td %.3g aux %.3g q %.3g episode pnl %.2f", self.num_timesteps,
-                    self.exploration_rate, row["losses/td"], row["losses/aux"], row["charts/q_mean"],
-                    row["charts/episode_pnl"])
+        # Only the statistics measured since the last row: none of td, aux or q before the first gradient update.
+        shown = " ".join(f"{name} {row[key]:{spec}}" for name, key, spec in (
+            ("td", "losses/td", ".3g"), ("aux", "losses/aux", ".3g"), ("q", "charts/q_mean", ".3g"),
+            ("episode pnl", "charts/episode_pnl", ".2f")) if math.isfinite(row[key]))
+        logger.info("step %d eps %.3f %s", self.num_timesteps, self.exploration_rate,
+                    shown if self.n_updates else f"{shown} (no gradient update yet)".strip())
         if self.config.log_dir:
             path = Path(self.config.log_dir) / "progress.csv"
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ a significant edge. ``evaluate_bot.py`` is the command line over :func:`evaluate
 """
 from __future__ import annotations
 
+import html
 import logging
 import math
 import time
@@ -30,17 +31,30 @@ from datafeed.splits import prepare_splits
 from evaluation.backtest import evaluation_env_config, run_backtest
 from evaluation.baselines import make_baselines
 from evaluation.metrics import METRIC_KEYS, compute_metrics
+from evaluation.report import benchmark_relative, drawdown_periods, monthly_heatmap_html, write_html_report
 from evaluation.report import create_plots as draw
-from evaluation.report import write_html_report
 from rl_env.data import MarketData
 
 logger = logging.getLogger(__name__)
 
 TABLE_COLUMNS = ("name", "kind", "status", "sharpe_ratio", "total_return_pct", "max_drawdown_pct", "num_trades",
                  "win_rate_pct", "psr", "dsr")
-REPORT_COLUMNS = ("label", "kind", "status", "total_return_pct", "cagr_pct", "volatility_pct", "max_drawdown_pct",
-                  "sharpe_ratio", "sharpe_ci_low", "sharpe_ci_high", "sortino_ratio", "calmar_ratio", "num_trades",
-                  "win_rate_pct", "profit_factor", "exposure_pct", "costs_paid", "psr", "dsr")
+REPORT_COLUMNS = ("label", "kind", "status", "sharpe_ratio", "validation_sharpe", "sharpe_ci_low", "sharpe_ci_high",
+                  "psr", "dsr", "total_return_pct", "cagr_pct", "volatility_pct", "max_drawdown_pct", "sortino_ratio",
+                  "calmar_ratio", "alpha_pct", "beta", "information_ratio", "num_trades", "win_rate_pct",
+                  "profit_factor", "exposure_pct", "costs_paid")
+COLUMN_TITLES = {
+    "label": "model / baseline", "kind": "kind", "status": "status", "sharpe_ratio": "Sharpe (test)",
+    "validation_sharpe": "Sharpe (val)", "sharpe_ci_low": "Sharpe 95% CI low", "sharpe_ci_high": "CI high",
+    "psr": "PSR", "dsr": "DSR", "total_return_pct": "return %", "cagr_pct": "CAGR %", "volatility_pct": "vol %",
+    "max_drawdown_pct": "max DD %", "sortino_ratio": "Sortino", "calmar_ratio": "Calmar",
+    "alpha_pct": "alpha % (vs B&H)", "beta": "beta", "information_ratio": "info ratio", "num_trades": "trades",
+    "win_rate_pct": "win %", "profit_factor": "profit factor", "exposure_pct": "time in market %",
+    "costs_paid": "costs paid",
+}
+"""The report's human headers (the JSON keeps the keys)."""
+BENCHMARK = "buy_and_hold"
+"""The baseline that alpha, beta and the information ratio are measured against."""
 
 
 # --- data -------------------------------------------------------------------------------------------------
@@ -334,6 +348,11 @@ def evaluate_symbol(symbol: str, cfg: dict[str, Any], models: Sequence[str] | No
     windows = [e["env_config"]["window"] for e in model_entries.values() if e["status"] == "ok"]
     base_window = max(windows, default=int(cfg["env"]["window"]))
     base_entries, base_results = evaluate_baselines(data, cfg, ppy, engine, base_window)
+    if BENCHMARK in base_results:
+        for name, res in {**model_results, **base_results}.items():
+            stats = benchmark_relative(res.returns, base_results[BENCHMARK].returns, ppy)
+            ({**model_entries, **base_entries})[name].update(
+                {k: (v if math.isfinite(v) else None) for k, v in stats.items()})
     now = datetime.now(UTC)
     stamp = now.strftime("%Y%m%d_%H%M%S")
     out: dict[str, Any] = {
@@ -360,9 +379,12 @@ def evaluate_symbol(symbol: str, cfg: dict[str, Any], models: Sequence[str] | No
                   "engine": engine, "data source": info["source"], "bars per year": ppy,
                   "costs": ", ".join(f"{k} {cfg['data']['costs'][k]}" for k in cfg["data"]["costs"])}
         notes = [f"{e['name']}: {e['status']}: {e['error']}" for e in model_entries.values() if e["status"] != "ok"]
-        rows = [*model_entries.values(), *base_entries.values()]
+        entries = {**model_entries, **base_entries}
+        ranked = [r["name"] for r in out["ranking"]]
+        rows = [entries[n] for n in ranked] + [e for n, e in entries.items() if n not in ranked]
         write_html_report(report, f"Model comparison: {symbol} {interval}", header, REPORT_COLUMNS, rows,
-                          out["recommendation"]["text"], plots, notes)
+                          out["recommendation"]["text"], plots, notes, column_titles=COLUMN_TITLES,
+                          sections=tear_sheet(out, {**model_results, **base_results}))
         out["plots"] = {k: str(v) for k, v in plots.items()}
         out["report_html"] = str(report)
     json_path = results_dir / f"model_comparison_{safe_name(symbol)}_{stamp}.json"
@@ -372,21 +394,92 @@ def evaluate_symbol(symbol: str, cfg: dict[str, Any], models: Sequence[str] | No
     return out
 
 
+SUMMARY_COLUMNS = ("label", "judged", "total_return_pct", "cagr_pct", "sharpe_ratio", "validation_sharpe",
+                   "max_drawdown_pct", "alpha_pct", "beta", "information_ratio", "exposure_pct", "num_trades",
+                   "costs_paid")
+DRAWDOWN_COLUMNS = ("peak", "trough", "recovery", "depth_pct", "bars")
+
+
+def tear_sheet(outcome: dict[str, Any], results: dict[str, Any]) -> list[tuple[str, str]]:
+    """The report's top sections, for the model the verdict is about (the recommended one, else the best ranked
+    model, else buy and hold) beside buy and hold: a summary (the period actually judged: from the first
+    decision bar), monthly and yearly returns, and the worst drawdowns."""
+    entries = {**outcome["models"], **outcome["baselines"]}
+    models = [r["name"] for r in outcome["ranking"] if r["kind"] == "model"]
+    subject = outcome["recommendation"].get("best_model") or (models[0] if models else BENCHMARK)
+    if subject not in results:
+        return []
+    shown = [subject] + ([BENCHMARK] if subject != BENCHMARK and BENCHMARK in results else [])
+    esc = html.escape
+
+    def table(columns: Sequence[str], rows: Sequence[dict[str, Any]], titles: dict[str, str]) -> str:
+        head = "".join(f"<th>{esc(titles.get(c, c))}</th>" for c in columns)
+        body = "".join("<tr>" + "".join(f"<td>{esc(_html_cell(r.get(c)))}</td>" for c in columns) + "</tr>"
+                       for r in rows)
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    summary_rows = []
+    for name in shown:
+        e, p = entries[name], entries[name].get("period") or {}
+        summary_rows.append({**e, "label": e.get("label", name),
+                             "judged": f"{p.get('start')} .. {p.get('end')} ({p.get('n_bars')} bars)" if p else ""})
+    titles = {**COLUMN_TITLES, "judged": "period judged (first decision bar ..)"}
+    sections = [("Summary", table(SUMMARY_COLUMNS, summary_rows, titles))]
+    heat = "".join(monthly_heatmap_html(entries[n].get("label", n), results[n].timestamps, results[n].equity)
+                   for n in shown)
+    if heat:
+        sections.append(("Monthly and yearly returns", heat))
+    dd = drawdown_periods(results[subject].timestamps, results[subject].equity)
+    if dd:
+        dd_titles = {"peak": "peak", "trough": "trough", "recovery": "recovered", "depth_pct": "depth %",
+                     "bars": "bars (peak to recovery)"}
+        sections.append((f"Worst drawdowns of {entries[subject].get('label', subject)}",
+                         table(DRAWDOWN_COLUMNS, [{**d, "recovery": d["recovery"] or "not yet"} for d in dd],
+                               dd_titles)))
+    return sections
+
+
+def _html_cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:,.2f}" if isinstance(value, float) else str(value)
+
+
 def format_table(outcome: dict[str, Any]) -> str:
     """A short fixed-width table of models and baselines (ranked order first, then those that did not run)."""
     entries = {**outcome["models"], **outcome["baselines"]}
     order = [r["name"] for r in outcome["ranking"]] + [n for n, e in entries.items() if e["status"] != "ok"]
-    heads = ("name", "kind", "status", "Sharpe", "return %", "max DD %", "trades", "win %", "PSR", "DSR")
+    both = outcome.get("engine") == "both"
+    heads = ("name", "kind", "status", "Sharpe", "return %", "max DD %", "trades", "win %", "PSR", "DSR",
+             *(("gap %",) if both else ()))
     rows = []
     for name in order:
         e = entries[name]
-        rows.append([e.get("label", name)[:40], e["kind"], e["status"], *(_cell(e.get(c)) for c in TABLE_COLUMNS[3:])])
+        gap = [_cell((e.get("engine_gap") or {}).get("final_equity_diff_pct"))] if both else []
+        rows.append([e.get("label", name)[:40], e["kind"], e["status"], *(_cell(e.get(c)) for c in TABLE_COLUMNS[3:]),
+                     *gap])
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(heads)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     if any(e["kind"] == "model" for e in entries.values()):
         lines.append("models are named by algorithm and run id; * marks the current champion")
+    if both:
+        lines.append(engine_gap_summary(entries))
     return "\n".join(lines)
+
+
+def engine_gap_summary(entries: dict[str, dict[str, Any]]) -> str:
+    """One line on how far the two engines differ (``--engine both``): the figures above are backtrader's, and
+    ``gap %`` is the fast engine's final equity against backtrader's."""
+    gaps = {e.get("label", name): e["engine_gap"] for name, e in entries.items()
+            if e.get("engine_gap") and math.isfinite(e["engine_gap"].get("final_equity_diff_pct", math.nan))}
+    if not gaps:
+        return "engine gap: not measured (no backtest ran on both engines)"
+    worst = max(gaps, key=lambda k: abs(gaps[k]["final_equity_diff_pct"]))
+    g = gaps[worst]
+    return (f"engine gap: figures are backtrader's; gap % = the fast engine's final equity against backtrader's; "
+            f"largest {g['final_equity_diff_pct']:+.3f}% ({worst}; worst bar {g['max_equity_diff_pct']:.3f}%, "
+            f"trades {g['num_trades_backtrader']} / {g['num_trades_fast']})")
 
 
 def _cell(value: Any) -> str:

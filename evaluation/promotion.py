@@ -103,3 +103,40 @@ def decide_promotion(challenger: Sequence[float] | np.ndarray, champion: Sequenc
 
 def _num(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def judge_challenger(policy: Any, data: Any, env_config: Any, cfg: Mapping[str, Any], ppy: float,
+                     champion: Any | None, load_champion: Any) -> PromotionDecision:
+    """The rule applied to a newly trained model on its validation bars ``data``: the champion (a registry
+    record, or None) and the four baselines are backtested on the same bars with the same costs.
+
+    :param policy: the challenger (``predict(obs, deterministic=True)``), with its evaluation ``env_config``.
+    :param load_champion: ``record -> policy`` (verifies the checksum); a champion that cannot be loaded or
+        cannot read these bars (another feature set) is not comparable: the challenger is then judged against
+        the baselines only, and the reason says so.
+    """
+    from evaluation.backtest import evaluation_env_config, run_backtest
+    from evaluation.baselines import make_baselines
+
+    rule = PromotionRule.from_config(cfg)
+    ev = cfg["evaluation"]
+    mine = run_backtest(policy, data, env_config, engine="fast", deterministic=True).returns
+    base_config = evaluation_env_config(dict(cfg), "box", window=env_config.window)
+    baseline = max((sharpe_ratio(run_backtest(p, data, base_config, engine="fast").returns, ppy)
+                    for p in make_baselines(ev["ma_fast"], ev["ma_slow"], ev["random_seed"]).values()),
+                   key=lambda v: v if math.isfinite(v) else -math.inf)
+    theirs, note = None, ""
+    if champion is not None:
+        try:
+            trained = champion.metadata.get("env_config")
+            champ_config = evaluation_env_config(dict(cfg), champion.metadata.get("action_mode") or "discrete",
+                                                 trained=trained if isinstance(trained, dict) else None)
+            features = champion.metadata.get("dataset", {}).get("feature_columns")
+            if features and list(features) != list(data.feature_names):
+                raise ValueError("it was trained on another feature set")
+            theirs = run_backtest(load_champion(champion), data, champ_config, engine="fast").returns
+        except Exception as exc:  # noqa: BLE001 - an unusable champion must not block training
+            note = f" (the champion {champion.run_id} could not be evaluated on these bars: {exc})"
+    decision = decide_promotion(mine, theirs, baseline, ppy, rule)
+    decision.reason += note
+    return decision

@@ -213,6 +213,107 @@ def create_plots(results: Mapping[str, Any], metrics: Mapping[str, Mapping[str, 
     return paths
 
 
+# --- tear sheet: calendar returns, drawdown periods, benchmark-relative statistics -------------------------
+
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def calendar_returns(timestamps: Any, equity: Any, unit: str = "M") -> list[tuple[str, float]]:
+    """Compounded return of each calendar month (``unit="M"``, labels ``YYYY-MM``) or year (``"Y"``, ``YYYY``):
+    ``equity at the period's last bar / equity at the previous period's last bar - 1`` (the first period starts
+    from the first bar's equity). The periods compound exactly to the total return. Empty for fewer than 2 bars.
+    """
+    eq = np.asarray(equity, dtype=np.float64)
+    ts = np.asarray(timestamps, dtype="datetime64[ns]")
+    if eq.size < 2 or ts.size != eq.size:
+        return []
+    periods = ts.astype(f"datetime64[{unit}]")
+    keys, first = np.unique(periods, return_index=True)
+    last = np.r_[first[1:] - 1, eq.size - 1]
+    start = np.r_[eq[0], eq[last[:-1]]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rets = np.where(start != 0, eq[last] / start - 1.0, np.nan)
+    return [(str(k), float(r)) for k, r in zip(keys, rets)]
+
+
+def drawdown_periods(timestamps: Any, equity: Any, top: int = 5) -> list[dict[str, Any]]:
+    """The ``top`` deepest drawdowns: each from its peak (the last bar at the running high) through its trough
+    to its recovery (the first bar back at the peak; None while still under water), with its depth in percent
+    and its length in bars from peak to recovery (or to the last bar)."""
+    eq = np.asarray(equity, dtype=np.float64)
+    ts = np.asarray(timestamps, dtype="datetime64[ns]")
+    if eq.size < 2:
+        return []
+    peak = np.maximum.accumulate(eq)
+    under = eq < peak
+    edges = np.diff(np.r_[0, under.astype(np.int8), 0])
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)  # [start, end) under water
+    out = []
+    for s, e in zip(starts, ends):
+        trough = s + int(np.argmin(eq[s:e] / peak[s:e]))
+        recovered = e < eq.size
+        out.append({"peak": str(ts[s - 1])[:10], "trough": str(ts[trough])[:10],
+                    "recovery": str(ts[e])[:10] if recovered else None,
+                    "depth_pct": 100.0 * (eq[trough] / peak[trough] - 1.0),
+                    "bars": int((e if recovered else eq.size - 1) - (s - 1))})
+    return sorted(out, key=lambda d: d["depth_pct"])[:top]
+
+
+def benchmark_relative(returns: Any, benchmark: Any, periods_per_year: float) -> dict[str, float]:
+    """Statistics against a benchmark's per-bar returns on the same bars (buy and hold): ``beta`` =
+    cov(r, b) / var(b) (ddof=1); ``alpha_pct`` = the OLS intercept, mean(r) - beta * mean(b), times
+    ``periods_per_year``, in percent (arithmetic, like empyrical's alpha with a zero risk-free rate);
+    ``information_ratio`` = mean(r - b) / std(r - b, ddof=1) * sqrt(periods_per_year); ``tracking_error_pct``
+    = std(r - b, ddof=1) * sqrt(periods_per_year) in percent. nan where undefined (fewer than 3 bars, a flat
+    benchmark for alpha and beta, no active risk for the information ratio)."""
+    r, b = np.asarray(returns, dtype=np.float64), np.asarray(benchmark, dtype=np.float64)
+    n = min(r.size, b.size)
+    r, b = r[-n:], b[-n:]
+    ok = np.isfinite(r) & np.isfinite(b)
+    r, b = r[ok], b[ok]
+    nan = {"alpha_pct": math.nan, "beta": math.nan, "information_ratio": math.nan, "tracking_error_pct": math.nan}
+    if r.size < 3:
+        return nan
+    out = dict(nan)
+    var_b = float(np.var(b, ddof=1))
+    if var_b > 1e-18:
+        beta = float(np.cov(r, b, ddof=1)[0, 1] / var_b)
+        out.update(beta=beta, alpha_pct=100.0 * (float(r.mean()) - beta * float(b.mean())) * periods_per_year)
+    active = r - b
+    te = float(np.std(active, ddof=1))
+    if te > 1e-12:
+        out.update(information_ratio=float(active.mean()) / te * math.sqrt(periods_per_year),
+                   tracking_error_pct=100.0 * te * math.sqrt(periods_per_year))
+    return out
+
+
+def _pct_cell(value: float | None) -> str:
+    """A table cell of a return in percent, tinted green (gain) or red (loss) by its size (the heatmap)."""
+    if value is None or not math.isfinite(value):
+        return "<td></td>"
+    strength = min(abs(value) / 10.0, 1.0)  # full colour at 10% in a period
+    rgb = (255, int(255 - 120 * strength), int(255 - 120 * strength)) if value < 0 else (
+        int(255 - 120 * strength), 255, int(255 - 120 * strength))
+    return f"<td style='background:rgb{rgb}'>{value:+.1f}</td>"
+
+
+def monthly_heatmap_html(name: str, timestamps: Any, equity: Any) -> str:
+    """Monthly returns (%) as a year x month table tinted like a heatmap, with each year's return at the end."""
+    monthly = dict(calendar_returns(timestamps, equity, "M"))
+    yearly = dict(calendar_returns(timestamps, equity, "Y"))
+    if not monthly:
+        return ""
+    esc = html.escape
+    rows = [f"<table class='heat'><caption>{esc(name)}: monthly returns, % (net of costs)</caption><tr><th>year</th>"
+            + "".join(f"<th>{m}</th>" for m in MONTHS) + "<th>year</th></tr>"]
+    for year in sorted(yearly):
+        cells = "".join(_pct_cell(100.0 * monthly[f"{year}-{m:02d}"] if f"{year}-{m:02d}" in monthly else None)
+                        for m in range(1, 13))
+        rows.append(f"<tr><td>{year}</td>{cells}{_pct_cell(100.0 * yearly[year])}</tr>")
+    rows.append("</table>")
+    return "".join(rows)
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "n/a"
@@ -224,29 +325,39 @@ def _fmt(value: Any) -> str:
 def write_html_report(path: Path, title: str, header: Mapping[str, Any], table_columns: Sequence[str],
                       rows: Sequence[Mapping[str, Any]], recommendation: str, plots: Mapping[str, Path],
                       notes: Sequence[str] = (),
-                      extra_tables: Sequence[tuple[str, Sequence[str], Sequence[Mapping[str, Any]]]] = ()) -> Path:
-    """Write one self-contained HTML page: header facts, the comparison table, the recommendation, notes and
-    every plot embedded as a base64 PNG.
+                      extra_tables: Sequence[tuple[str, Sequence[str], Sequence[Mapping[str, Any]]]] = (),
+                      column_titles: Mapping[str, str] | None = None,
+                      sections: Sequence[tuple[str, str]] = ()) -> Path:
+    """Write one self-contained HTML page: header facts, the recommendation, the comparison table, notes and
+    every plot embedded as a base64 PNG. It fits a 1400 px window: tables are at most as wide as the page.
 
     :param header: label -> value lines shown at the top (symbol, split dates, engine, ...).
     :param table_columns: keys of ``rows`` shown as columns, in order (the first is the row name).
     :param rows: one mapping per model or baseline.
     :param extra_tables: (heading, columns, rows) of further tables shown after the comparison.
+    :param column_titles: key -> the header shown for it (default: the key itself).
+    :param sections: (heading, HTML) blocks shown after the recommendation, before the comparison (the tear
+        sheet: summary, calendar returns, drawdowns); the HTML is inserted as given (build it escaped).
     """
     esc = html.escape
+    titles = dict(column_titles or {})
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{esc(title)}</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
-        "font-size:0.85em}th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#eee}"
-        "td:first-child,th:first-child{text-align:left}.rec{padding:0.8em;background:#f4f4f4;"
+        "<style>body{font-family:sans-serif;margin:1.5em;max-width:1360px}table{border-collapse:collapse;"
+        "font-size:0.8em;max-width:100%;margin-bottom:1em}th,td{border:1px solid #ccc;padding:2px 5px;"
+        "text-align:right}th{background:#eee;font-weight:600}td:first-child,th:first-child{text-align:left}"
+        "caption{text-align:left;font-weight:600;padding:4px 0}.rec{padding:0.8em;background:#f4f4f4;"
         "border-left:4px solid #555}img{max-width:100%;border:1px solid #ddd;margin-bottom:1.5em}</style>",
         f"</head><body><h1>{esc(title)}</h1><ul>",
     ]
     parts += [f"<li><b>{esc(str(k))}</b>: {esc(_fmt(v))}</li>" for k, v in header.items()]
     parts.append("</ul><h2>Recommendation</h2>")
-    parts.append(f"<p class='rec'>{esc(recommendation)}</p><h2>Comparison</h2><table><tr>")
-    parts += [f"<th>{esc(c)}</th>" for c in table_columns]
+    parts.append(f"<p class='rec'>{esc(recommendation)}</p>")
+    for heading, block in sections:
+        parts.append(f"<h2>{esc(heading)}</h2>{block}")
+    parts.append("<h2>Comparison</h2><table><tr>")
+    parts += [f"<th>{esc(titles.get(c, c))}</th>" for c in table_columns]
     parts.append("</tr>")
     for row in rows:
         parts.append("<tr>" + "".join(f"<td>{esc(_fmt(row.get(c)))}</td>" for c in table_columns) + "</tr>")

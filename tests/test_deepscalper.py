@@ -22,7 +22,7 @@ from deepscalper.replay import PrioritizedReplayBuffer, ReplayBuffer, SumTree
 from rl_env import EnvConfig, MarketData, TradingEnv
 
 TINY = dict(hidden_size=16, batch_size=16, buffer_size=2000, learning_starts=32, target_update_interval=20,
-            micro_window=4, rnn="mingru", log_interval=50)
+            micro_window=4, rnn="mingru", log_interval=50, train_freq=1)
 
 
 def make_data(n: int = 400, seed: int = 0, index_feature: bool = False) -> MarketData:
@@ -427,7 +427,7 @@ def test_target_quantity_branch_sends_the_order_that_reaches_the_target():
 
 
 def test_rewards_are_scaled_once_by_the_replayed_returns_and_saved(tmp_path):
-    agent = DeepScalper(make_env(), DeepScalperConfig(**TINY), seed=0)
+    agent = DeepScalper(make_env(), DeepScalperConfig(**{**TINY, "train_freq": 4}), seed=0)
     agent.learn(32)
     assert agent.n_updates == 0 and agent.reward_scale is None
     returns_so_far = agent.replay_buffer.returns[:len(agent.replay_buffer)].copy()

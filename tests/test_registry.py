@@ -43,24 +43,33 @@ def test_register_writes_folder_metadata_and_checksum(workspace):
     assert reg.get(record.model_path).run_id == record.run_id
 
 
-def test_promotion_needs_the_margin(workspace):
-    reg = Registry(promotion_margin=0.1)
-    first, d1 = reg.register(_file(workspace), _meta(1.0))
-    worse, d2 = reg.register(_file(workspace), _meta(0.5))
-    slightly, d3 = reg.register(_file(workspace), _meta(1.05))
-    nan_run, d4 = reg.register(_file(workspace), _meta(None))
-    assert d1.promoted and not d2.promoted and not d3.promoted and not d4.promoted
-    assert "does not beat" in d2.reason and "undefined" in d4.reason
+def test_the_registry_records_the_rules_decision_keeps_a_history_and_rolls_back(workspace, capsys):
+    reg = Registry()
+    first, d1 = reg.register(_file(workspace), _meta(1.0), promote=True, reason="first model that beats the baseline")
+    kept, d2 = reg.register(_file(workspace), _meta(3.0), promote=False, reason="not significantly better")
+    assert d1.promoted and not d2.promoted and d2.reason == "not significantly better"
+    assert kept.metadata["promotion"]["reason"] == "not significantly better"
     assert reg.champion("AAPL", "1d", "backtrader").run_id == first.run_id
-    better, d5 = reg.register(_file(workspace), _meta(1.2))
-    assert d5.promoted and d5.previous_champion == first.run_id and d5.champion_score == 1.0
+    better, d3 = reg.register(_file(workspace), _meta(1.2), promote=True, reason="significantly better")
+    assert d3.promoted and d3.previous_champion == first.run_id and d3.champion_score == 1.0
     assert reg.champion("aapl", "1d", "backtrader").run_id == better.run_id
-    # other keys are independent; a nan score never becomes champion even when there is none
-    reg.register(_file(workspace), _meta(float("nan"), model_type="deepscalper", algo="deepscalper"))
+    history = reg.champion_history("AAPL/1d/backtrader")
+    assert [(e["run_id"], e["previous"], e["reason"]) for e in history] == [
+        (first.run_id, None, "first model that beats the baseline"),
+        (better.run_id, first.run_id, "significantly better")]
+    # other keys are independent
+    reg.register(_file(workspace), _meta(float("nan"), model_type="deepscalper", algo="deepscalper"), promote=False)
     assert reg.champion("AAPL", "1d", "deepscalper") is None
     flags = {r.run_id: r.is_champion for r in reg.runs(symbol="AAPL", model_type="backtrader")}
     assert sum(flags.values()) == 1 and flags[better.run_id]
-    assert [c.run_id for c in reg.champions()] == [better.run_id]
+    # rollback restores the previous champion with its files and metadata, and is itself recorded
+    restored = reg.rollback("AAPL", "1d", "backtrader")
+    assert restored.run_id == first.run_id and reg.champion("AAPL", "1d", "backtrader").run_id == first.run_id
+    assert reg.champion_history("AAPL/1d/backtrader")[-1]["reason"] == f"rollback from {better.run_id}"
+    with pytest.raises(UserError, match="no earlier champion"):
+        reg.rollback("AAPL", "1d", "backtrader")
+    with pytest.raises(UserError, match="no champion"):
+        reg.rollback("AAPL", "1d", "deepscalper")
 
 
 def test_runs_newest_first_and_filters(workspace):
@@ -126,7 +135,7 @@ def test_sb3_round_trip_and_corrupt_zip(workspace):
 
 
 def test_backups_before_replacing_champions_and_pruning(workspace):
-    reg = Registry(keep_backups=2, promotion_margin=0.0)
+    reg = Registry(keep_backups=2)
     runs = [reg.register(_file(workspace), _meta(float(i)))[0] for i in range(5)]
     backups = reg.backups()
     assert len(backups) == 2  # four replacements of champions.json, pruned to 2
@@ -151,7 +160,7 @@ def test_set_champion_rolls_back(workspace):
 
 
 def _register_many(root, symbol, n):
-    reg = Registry(root, promotion_margin=0.0)
+    reg = Registry(root)
     src = root.parent / f"{symbol}.zip"
     src.write_bytes(symbol.encode())
     for i in range(n):
@@ -171,3 +180,17 @@ def test_concurrent_writers_keep_every_champion(tmp_path):
     assert set(champions) == {"AAA/1d/backtrader", "BBB/1d/backtrader"}
     reg = Registry(root)
     assert all(math.isclose(reg.get(rid).score, 3.0) for rid in champions.values())
+
+
+def test_train_bot_rollback_restores_the_previous_champion(workspace, capsys):
+    import train_bot
+
+    reg = Registry()
+    first, _ = reg.register(_file(workspace), _meta(1.0), promote=True, reason="first")
+    second, _ = reg.register(_file(workspace), _meta(2.0), promote=True, reason="better")
+    assert train_bot.main(["--rollback", "AAPL", "--model-type", "backtrader", "--quiet"]) == 0
+    assert f"champion is again {first.run_id}" in capsys.readouterr().out
+    assert reg.champion("AAPL", "1d", "backtrader").run_id == first.run_id
+    assert train_bot.main(["--rollback", "AAPL", "--quiet"]) == 1  # nothing earlier than the first champion
+    assert "no earlier champion" in capsys.readouterr().err
+    assert train_bot.main(["--rollback", "MSFT", "--quiet"]) == 1

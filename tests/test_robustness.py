@@ -286,7 +286,8 @@ def test_kill_9_mid_registration_is_cleaned_by_the_next_one(workspace, caplog):
     with caplog.at_level(logging.WARNING, logger="agents.registry"):
         record, _ = Registry().register(source, _meta(1.0))
     assert sum("interrupted registration" in r.getMessage() for r in caplog.records) == 2
-    assert _models_listing(workspace / "models") == {record.path.name, "champions.json", "my_notes"}
+    assert _models_listing(workspace / "models") == {record.path.name, "champions.json", "champion_history.json",
+                                                     "my_notes"}
 
 
 def test_unreadable_champions_file_registers_a_challenger(workspace, caplog):

@@ -19,11 +19,15 @@ logger = logging.getLogger(__name__)
 
 
 def refresh_data(symbols: Sequence[str], cfg: dict[str, Any], quiet: bool = False) -> None:
-    """Bring the datasets up to date the way data_pipeline.py does (same library, same config)."""
-    report = prepare_symbols(symbols, cfg, quiet=quiet)
+    """Bring the datasets up to date the way ``data_pipeline.py --update-data`` does (same library, same config):
+    each existing dataset from the source it was made from, a new one from ``data.source``."""
+    report = prepare_symbols(symbols, cfg, quiet=quiet, update=True, reuse_recorded_source=True)
     if report.failures:
         first = next(iter(report.failures.values()))
-        raise DataError(f"data refresh failed for {', '.join(report.failures)}: {first}")
+        failed = " ".join(report.failures)
+        raise DataError(f"data refresh failed for {', '.join(report.failures)}: {first} (prepare it once with "
+                        f"python data_pipeline.py --symbols {failed} --source yahoo|sample|csv|synthetic; later "
+                        "refreshes reuse that source)")
 
 
 def continuous(symbols: Sequence[str], cfg: dict[str, Any], session: Session, stop: StopFlag,

@@ -15,22 +15,20 @@ worker loads it and runs its share of the trials.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import logging
 import math
-import multiprocessing as mp
 import time
 from pathlib import Path
 from typing import Any
 
 from botcore.errors import ConfigError, UserError
 from botcore.redact import redact
-from botcore.signals import StopFlag, stop_on_signals
+from botcore.signals import StopFlag
 from botcore.symbols import safe_name
 from training.job import JobResult, JobSpec, run_job
 from training.session import Session
-from training.workers import init_worker_process, run_jobs, wait_for_workers
+from training.workers import run_in_workers, run_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -235,13 +233,6 @@ def optimize(base: JobSpec, settings: StudySettings, trials: int, worker_index: 
     return len(study.trials) - before
 
 
-def optimize_worker(base: JobSpec, settings: StudySettings, trials: int, worker_index: int) -> int:
-    """Entry point of a worker process (spawned): its share of the trials, stoppable by SIGTERM/SIGINT."""
-    stop = StopFlag()
-    with stop_on_signals(stop):
-        return optimize(base, settings, trials, worker_index, stop)
-
-
 @dataclasses.dataclass
 class StudySummary:
     best_params: dict[str, Any]
@@ -315,14 +306,7 @@ def optimize_then_train(spec: JobSpec, cfg: dict[str, Any], session: Session, st
 
 def _run_optimize_workers(base: JobSpec, settings: Any, shares: list[int], stop: StopFlag, log_file: Path,
                           quiet: bool) -> None:
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=len(shares), mp_context=ctx, initializer=init_worker_process,
-                                initargs=(str(log_file), quiet)) as pool:
-        futures = [pool.submit(optimize_worker, base, settings, n, i) for i, n in enumerate(shares)]
-        wait_for_workers(futures, stop)
-        for fut in futures:
-            if fut.cancelled():
-                continue
-            exc = fut.exception()
-            if exc is not None:
-                raise UserError(f"an Optuna worker failed: {type(exc).__name__}: {exc}")
+    calls = [(optimize, (base, settings, n, i)) for i, n in enumerate(shares)]
+    for outcome in run_in_workers(calls, len(shares), stop, str(log_file), quiet):
+        if outcome.status in ("error", "died") and not stop.requested:
+            raise UserError(f"an Optuna worker failed: {outcome.error}")

@@ -42,11 +42,11 @@ from typing import Any
 
 import numpy as np
 
-from agents import AgentSpec, Registry, TrainingHooks, build_agent
+from agents import AgentSpec, Registry, TrainingHooks, build_agent, load_registered
 from agents.registry import new_run_id
 from botcore import paths
 from botcore.atomic import atomic_write_json
-from botcore.errors import DataError, UserError
+from botcore.errors import DataError, ModelFileError, UserError
 from botcore.lock import WorkspaceLock
 from botcore.markets import periods_per_year
 from botcore.signals import StopFlag
@@ -55,6 +55,7 @@ from datafeed.dataset import Dataset
 from deepscalper.config import DeepScalperConfig, training_env_overrides
 from evaluation.backtest import evaluation_env_config, validation_score
 from evaluation.metrics import compute_metrics
+from evaluation.promotion import judge_challenger
 from rl_env.config import EnvConfig
 from rl_env.data import MarketData
 from training.checkpoints import (
@@ -192,17 +193,21 @@ class JobResult:
         """The result of a job that did not train (``skipped`` or ``failed``)."""
         return cls(spec.symbol, spec.interval, spec.model_type, spec.algo, status, error=error)
 
-def recent_bars(data: Any, lookback_days: int, min_bars: int) -> Any:
+def recent_bars(data: Any, lookback_days: int, min_bars: int, level: int = logging.DEBUG) -> Any:
     """The bars of the last ``lookback_days`` calendar days of ``data`` (``training_params.lookback_days``:
-    train on recent history only), but never fewer than ``min_bars`` bars; 0 keeps everything."""
+    train on recent history only), but never fewer than ``min_bars`` bars; 0 keeps everything.
+
+    :param level: of the line saying which bars are kept (train_bot.py says it at INFO once per symbol, before
+        its jobs start; each job logs it at DEBUG).
+    """
     if lookback_days <= 0 or data.n_bars <= min_bars:
         return data
     cutoff = data.timestamps[-1] - np.timedelta64(lookback_days, "D")
     start = min(int(np.searchsorted(data.timestamps, cutoff, side="left")), data.n_bars - min_bars)
     if start > 0:
-        logger.info("%s %s: training on the last %d days of the train split (%s .. %s, %d of %d bars; "
-                    "training_params.lookback_days)", data.symbol, data.interval, lookback_days,
-                    str(data.timestamps[start])[:19], str(data.timestamps[-1])[:19], data.n_bars - start, data.n_bars)
+        logger.log(level, "%s %s: training on the last %d days of the train split (%s .. %s, %d of %d bars; "
+                   "training_params.lookback_days)", data.symbol, data.interval, lookback_days,
+                   str(data.timestamps[start])[:19], str(data.timestamps[-1])[:19], data.n_bars - start, data.n_bars)
     return data.slice(start, data.n_bars) if start > 0 else data
 
 
@@ -234,7 +239,8 @@ def model_health(updates: int | None, val_backtest: Any) -> tuple[str, str]:
 def memorisation_warning(train_sharpe: float, val_sharpe: float) -> str:
     """A warning when the model fits the training split far better than validation (see MEMORISATION_GAP)."""
     val = val_sharpe if math.isfinite(val_sharpe) else 0.0
-    if math.isfinite(train_sharpe) and train_sharpe - val > max(MEMORISATION_GAP, abs(val)):
+    if math.isfinite(train_sharpe) and train_sharpe > MEMORISATION_GAP and train_sharpe - val > max(
+            MEMORISATION_GAP, abs(val)):
         return (f"memorisation: training-split Sharpe {train_sharpe:.2f} against validation {val:.2f}; the model "
                 "fits its training window far better than unseen bars")
     return ""
@@ -446,9 +452,8 @@ class Job:
             if self.stop.requested:  # learn() returned at its own end: a safe point as well
                 self.checkpoint()
                 return True
-            validations = st.setdefault("validations", [])
-            if validations and validations[-1][0] == self.agent.num_timesteps:
-                score = validations[-1][1]  # an eval_every validation fell on the round's end
+            if getattr(self, "last_validated", None) == self._model_version():
+                score = st["validations"][-1][1]  # an eval_every validation of this very model ended the round
             else:
                 score = self._validate()
             st["rounds"].append({"iteration": st["round"], "steps": self.agent.num_timesteps,
@@ -473,7 +478,7 @@ class Job:
         best = st.get("best") or {"steps": last["steps"], "val_sharpe": last["val_sharpe"],
                                   "iteration": last["iteration"]}
         result.best_iteration, result.best_step = best["iteration"], best["steps"]
-        if best["steps"] != self.agent.num_timesteps:
+        if st.get("best") is not None:  # the validated weights themselves (SB3 may update after a validation)
             self.agent.load_model(self.folder / BEST_FILE)
         score, backtest = validation_score(self.agent.policy, inputs.val_data, inputs.eval_config, inputs.ppy)
         if not (math.isnan(score) and math.isnan(best["val_sharpe"])) and not math.isclose(
@@ -504,16 +509,29 @@ class Job:
         self.agent.save_model(model_file)
         registry = Registry.from_config(spec.cfg)
         healthy = result.model_status == "ok"
-        record, decision = registry.register(model_file, self._metadata(result, metrics, updates), promote=healthy,
-                                             run_id=self.run_id)
+        if healthy:  # the one promotion rule, on the validation bars, against the champion and the baselines
+            judged = judge_challenger(self.agent.policy, inputs.val_data, inputs.eval_config, spec.cfg, inputs.ppy,
+                                      self._current_champion(registry),
+                                      lambda champion: load_registered(registry, champion))
+            promote, why = judged.promoted, judged.reason
+        else:
+            promote, why = False, f"not promoted ({result.model_status}): {reason}"
+        record, decision = registry.register(model_file, self._metadata(result, metrics, updates), promote=promote,
+                                             run_id=self.run_id, reason=why)
         result.promoted, result.promotion_reason = decision.promoted, decision.reason
-        if not healthy:
-            result.promotion_reason = f"not promoted ({result.model_status}): {reason}"
         result.model_path = str(record.model_path)
         st["status"] = "finished"
         atomic_write_json(self.folder / STATE_FILE, st)
         shutil.rmtree(self.folder, ignore_errors=True)  # the registry holds the model now
         return result
+
+    def _current_champion(self, registry: Registry) -> Any:
+        spec = self.spec
+        try:
+            return registry.champion(spec.symbol, spec.interval, spec.model_type)
+        except ModelFileError as exc:  # unreadable champions.json: the registry registers a challenger
+            logger.warning("%s: %s", spec.label, exc)
+            return None
 
     # --- hooks called from inside learn() ---
 
@@ -548,6 +566,10 @@ class Job:
             return False
         return True
 
+    def _model_version(self) -> tuple[int, int | None]:
+        """(env steps, gradient updates): a model that changed since a validation differs in one of them."""
+        return self.agent.num_timesteps, _gradient_updates(self.agent.model)
+
     def _patience(self) -> int:
         return int(self.spec.cfg["training_params"].get("patience") or 0)
 
@@ -557,6 +579,7 @@ class Job:
         first finite score)."""
         score, _ = validation_score(self.agent.policy, self.inputs.val_data, self.inputs.eval_config, self.inputs.ppy)
         steps = self.agent.num_timesteps
+        self.last_validated = self._model_version()
         st = self.state
         st.setdefault("validations", []).append([steps, score])
         best = st.get("best")

@@ -20,13 +20,10 @@ itself. Only the parent decides:
 Results are read from each worker's own pipe while waiting, never after a join, so a worker can neither block
 on a full pipe nor on a lock another (dead) worker holds. A worker ends as soon as its result is sent. A
 worker whose parent dies (``kill -9``) stops on its own at its next safe point.
-
-:func:`wait_for_workers` applies the same stop policy to a ``ProcessPoolExecutor`` that a caller owns.
 """
 from __future__ import annotations
 
 import collections
-import concurrent.futures as cf
 import contextlib
 import logging
 import multiprocessing as mp
@@ -287,20 +284,6 @@ def _reap(running: dict[int, _Worker]) -> None:
         worker.proc.join(_EXIT_SECONDS)
         worker.conn.close()
     running.clear()
-
-
-def wait_for_workers(futures: Any, stop: StopFlag, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
-    """Wait for the futures of a process pool the caller owns, with the stop policy of :func:`run_in_workers`
-    applied to this process's children: one SIGTERM each on the first stop request, SIGKILL after the grace
-    period (a killed worker breaks the pool, which ends its futures, so this always returns)."""
-    pending = set(futures)
-    escalation = _StopEscalation(grace_seconds)
-    while pending:
-        _, pending = cf.wait(pending, timeout=_POLL_SECONDS)
-        if stop.requested:
-            for fut in pending:
-                fut.cancel()
-            escalation.apply(stop, mp.active_children())
 
 
 def run_jobs(specs: list[JobSpec], processes: int, stop: StopFlag, log_file: str | None = None,
