@@ -119,8 +119,10 @@ def deepscalper_loss(q_net: DeepScalperNet, q_target: DeepScalperNet, *, obs: to
 
            y_{d,b} = R_b + g_b * max_a' Q_d(s'_b, a'; theta^-)
 
-       with R_b the n-step return sum_k gamma^k r_{t+k} (the hindsight bonus is in r) and g_b = gamma^n, or
-       0 when the episode terminated within the n steps. No gradient flows through y.
+       with R_b the n-step return sum_k gamma^k r_{t+k} (the hindsight bonus is in r; the agent passes it
+       divided by its fixed ``reward_scale``, which rescales every Q value alike and leaves the greedy actions
+       unchanged) and g_b = gamma^n, or 0 when the episode terminated within the n steps. No gradient flows
+       through y.
     3. The Q loss, mean over branches and batch, each transition weighted by its PER importance weight
        w_b = (N P(b))^-beta / max_j w_j::
 
@@ -212,7 +214,7 @@ class DeepScalper:
         self.branch_sizes = [int(np.prod(self.nvec))] if cfg.single_branch else [int(n) for n in self.nvec]
         self.device = torch.device(cfg.device)
         net_args = (env_spaces["window"], env_spaces["n_features"], env_spaces["n_private"], self.branch_sizes,
-                    cfg.hidden_size, cfg.rnn, cfg.micro_window, cfg.macro_window)
+                    cfg.hidden_size, cfg.rnn, cfg.micro_window, cfg.macro_window, cfg.time_left_input)
         self._targets: np.ndarray | None = None
         if cfg.quantity_branch == "target":
             levels = env_spaces.get("quantity_levels")
@@ -272,7 +274,8 @@ class DeepScalper:
         With ``quantity_branch = "order"`` they are the same. With ``"target"`` the quantity branch names the
         position to hold, T_j = q_j * max_target / max|q| (q_j the env's quantity levels, as fractions of the
         position limit); the order sent is the quantity level nearest to ``T_j - position`` (the observation's
-        position cell), so no order when the position is already within half a level step of the target. With
+        position cell; on a tie the larger order), so no order when the position is already within a quarter of
+        a level step of the target. With
         ``max_target = 0.5`` and levels up to 1, a reversal from the largest long to the largest short is one
         order.
         """
@@ -281,7 +284,9 @@ class DeepScalper:
         position = obs[:, self._position_cell].astype(np.float64)
         delta = self._targets[actions[:, -1]] - position
         out = actions.copy()
-        out[:, -1] = np.abs(delta[:, None] - self._levels[None, :]).argmin(axis=1)
+        # nearest level; on a tie the larger order (a tie-break by position in the list would favour one side)
+        distance = np.abs(delta[:, None] - self._levels[None, :]) - 1e-9 * np.abs(self._levels)[None, :]
+        out[:, -1] = distance.argmin(axis=1)
         return out
 
     def _greedy(self, obs: np.ndarray) -> np.ndarray:
@@ -615,7 +620,8 @@ class DeepScalper:
                                  f"({type(exc).__name__}: {exc})") from exc
         try:
             # models saved before these settings existed: the paper's order sizes and a whole-window macro encoder
-            saved = {"quantity_branch": "order", "macro_window": 0, "scale_rewards": False, **meta["config"]}
+            saved = {"quantity_branch": "order", "macro_window": 0, "scale_rewards": False, "time_left_input": True,
+                     **meta["config"]}
             config = DeepScalperConfig.from_dict({**saved, **({"device": device} if device else {})})
             agent = cls.__new__(cls)
             agent.config = config

@@ -11,7 +11,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
-from botcore.config import check_choice, check_non_negative, check_positive
+from botcore.config import check_choice, check_int_range, check_non_negative, check_positive
 from botcore.errors import ConfigError
 
 
@@ -89,6 +89,10 @@ class DeepScalperConfig:
     """Most recent bars fed to the micro (recurrent) encoder; 0 = the whole window."""
     macro_window: int = 1
     """Most recent bars fed to the macro (MLP) encoder; 0 = the whole window."""
+    time_left_input: bool = False
+    """Feed the env's "time left in the episode" to the network. Off: a training episode (256 bars, or one
+    session intraday) and an evaluation run (the whole split) give it different meanings, so a policy that
+    reads it learns a clock that does not exist out of sample."""
     seed: int | None = None
     """Seeds python, numpy and torch, the env's first reset and the agent's own generator."""
     device: str = "cpu"
@@ -175,7 +179,7 @@ def _half_open_unit(v: Any) -> str | None:
 
 CONFIG_CHECKS = {
     "hidden_size": check_positive, "rnn": check_choice("mingru", "gru", "lstm"), "learning_rate": check_positive,
-    "gamma": _unit_interval, "batch_size": check_positive, "buffer_size": check_positive,
+    "gamma": _unit_interval, "batch_size": check_positive, "buffer_size": check_int_range(1, 10**8),
     "learning_starts": check_non_negative, "train_freq": check_positive, "gradient_steps": check_positive,
     "target_update_interval": check_positive, "tau": _half_open_unit, "n_step": check_positive,
     "max_grad_norm": check_positive, "per_alpha": check_non_negative, "per_beta": _unit_interval,

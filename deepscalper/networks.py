@@ -58,10 +58,12 @@ class DeepScalperNet(nn.Module):
     :param rnn: "gru", "lstm" or "mingru".
     :param micro_window: most recent bars for the micro encoder (0 or >= window = all).
     :param macro_window: most recent bars for the macro encoder (0 or >= window = all).
+    :param time_left_input: feed the last private value (TradingEnv: time left in the episode) to the micro
+        encoder; False feeds 0 in its place.
     """
 
     def __init__(self, window: int, n_features: int, n_private: int, branch_sizes: list[int], hidden_size: int,
-                 rnn: str = "gru", micro_window: int = 0, macro_window: int = 0) -> None:
+                 rnn: str = "gru", micro_window: int = 0, macro_window: int = 0, time_left_input: bool = True) -> None:
         super().__init__()
         self.window, self.n_features, self.n_private = window, n_features, n_private
         self.micro_window = window if micro_window <= 0 else min(micro_window, window)
@@ -90,12 +92,16 @@ class DeepScalperNet(nn.Module):
         self.padded = any(n != n_max for n in self.branch_sizes)
         self.register_buffer("valid", valid, persistent=False)
         self.register_buffer("counts", valid.sum(-1, keepdim=True), persistent=False)
+        private_mask = torch.ones(n_private)
+        if not time_left_input and n_private:
+            private_mask[-1] = 0.0
+        self.register_buffer("private_mask", private_mask, persistent=False)
 
     def embed(self, obs: torch.Tensor) -> torch.Tensor:
         """Market embedding [macro, micro] of a batch of flat observations (B, obs_dim)."""
         n_market = self.window * self.n_features
         features = obs[:, :n_market]
-        private = obs[:, n_market:n_market + self.n_private]
+        private = obs[:, n_market:n_market + self.n_private] * self.private_mask
         macro = self.macro(features[:, (self.window - self.macro_window) * self.n_features:])
         bars = features.reshape(-1, self.window, self.n_features)[:, -self.micro_window:]
         seq = torch.cat([bars, private.unsqueeze(1).expand(-1, self.micro_window, -1)], dim=2)

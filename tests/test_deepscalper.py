@@ -418,6 +418,11 @@ def test_target_quantity_branch_sends_the_order_that_reaches_the_target():
     np.testing.assert_array_equal(sent, [[1, 0], [3, 2], [2, 3], [4, 4]])
     order = DeepScalper(env, DeepScalperConfig(**TINY, quantity_branch="order"), seed=0)
     np.testing.assert_array_equal(order._env_actions(obs, chosen), chosen)
+    # half-way targets tie between two orders: the larger one wins, the same way long and short
+    half = np.zeros((2, agent.spaces["obs_dim"]), np.float32)
+    np.testing.assert_array_equal(agent._env_actions(half, np.array([[2, 1], [2, 3]]))[:, 1], [1, 3])
+    half[:, cell] = [0.5, -0.5]
+    np.testing.assert_array_equal(agent._env_actions(half, np.array([[2, 3], [2, 1]]))[:, 1], [1, 3])
     # in a rollout the position follows the chosen target
     obs1, _ = env.reset(seed=0)
     for _ in range(3):
@@ -465,5 +470,7 @@ def test_learns_a_planted_pattern_out_of_sample_but_finds_no_edge_in_a_random_wa
     planted = exp.run(pattern=True, steps=3000, seed=0)
     assert planted["sharpe"] > 2.0 and planted["t_stat"] > 4.0  # net of commission and slippage
     assert planted["total_return_pct"] > planted["bh_return_pct"] and planted["sharpe"] > planted["bh_sharpe"]
-    walk = exp.run(pattern=False, steps=3000, seed=0)
-    assert walk["t_stat"] < 2.0  # no significant positive edge where there is nothing to learn
+    # no significant positive edge where there is nothing to learn: one seed alone is a 2.5% false alarm per
+    # change of the code, so the canary averages two (bench/learnability.py runs 20)
+    walks = [exp.run(pattern=False, steps=3000, seed=seed)["t_stat"] for seed in (0, 1)]
+    assert np.mean(walks) < 2.0, walks
