@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from botcore import paths
-from botcore.atomic import atomic_path, atomic_write_json, sha256_file
+from botcore.atomic import atomic_path, atomic_write_json, fsync_folder, sha256_file
 from botcore.errors import ModelFileError, UserError
 from botcore.symbols import safe_name, validate_symbol
 
@@ -305,9 +305,9 @@ class Registry:
                                        "registered as a challenger")
                 meta["promotion"] = decision.to_dict()
                 atomic_write_json(staging / METADATA_FILE, meta)
-                _fsync_folder(staging)
+                fsync_folder(staging)
                 os.rename(staging, folder)  # the one step that makes the run visible, complete
-                _fsync_folder(self.root)
+                fsync_folder(self.root)
             except OSError as exc:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise ModelFileError(f"could not register {name} in {self.root}: {exc.strerror or exc}; nothing was "
@@ -528,15 +528,3 @@ class Registry:
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a folder's entries (a new file, a rename) durable; a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -33,7 +33,14 @@ import numpy as np
 import pandas as pd
 
 from botcore import paths
-from botcore.atomic import atomic_path, atomic_write_json, remove_stale_temp_files, sha256_file, to_jsonable
+from botcore.atomic import (
+    atomic_path,
+    atomic_write_json,
+    fsync_folder,
+    remove_stale_temp_files,
+    sha256_file,
+    to_jsonable,
+)
 from botcore.errors import DataError, UserError
 from botcore.lock import LockTimeout, locked_file
 from botcore.markets import INTERVAL_MINUTES, infer_market, is_intraday
@@ -302,19 +309,11 @@ def complete_switch(symbol: str, interval: str, quiet: bool = False) -> bool:
     for tmp_name, target_name in moves:
         with contextlib.suppress(FileNotFoundError):  # renamed before the interruption
             os.replace(folder / tmp_name, folder / target_name)
-    _fsync_folder(folder)
+    fsync_folder(folder)
     journal.unlink(missing_ok=True)
-    _fsync_folder(folder)
+    fsync_folder(folder)
     if not quiet:
         logger.warning("%s %s: completed the replacement of the dataset that an interrupted data_pipeline.py run "
                        "(pid %s) left half done", symbol, interval, pid)
     return True
 
-
-def _fsync_folder(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
