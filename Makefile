@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test test-slow bench clean-venv
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-ray.txt requirements-alpaca.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
