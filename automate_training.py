@@ -40,7 +40,7 @@ from automation.runner import Runner
 from automation.schedule import JOBS, RUN_ONCE_JOBS, Clock
 from automation.status import format_status
 from botcore import paths
-from botcore.cli import run_guarded
+from botcore.cli import add_set_flag, run_guarded
 from botcore.errors import UserError
 from botcore.logsetup import setup_logging
 from botcore.signals import stop_on_signals
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true",
                         help="--create-config: overwrite; --run-once: run even when the upstream step failed")
     parser.add_argument("--json", action="store_true", help="--status as JSON")
+    add_set_flag(parser)
     parser.add_argument("--quiet", action="store_true", help="warnings and errors only on the terminal")
     parser.add_argument("--verbose", action="store_true", help="debug output on the terminal")
     return parser
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None, clock:
     def body() -> int:
         if args.create_config:
             return create_config(args.config or paths.config_path(), args.force)
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, assignments=args.assignments)
         if args.status:
             st = Automation(cfg, args.config, runner=runner, clock=clock).status()
             print(json.dumps(st, indent=2, default=str) if args.json else format_status(st))
@@ -104,6 +105,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None, clock:
                                  max_bytes=10 * 1024 * 1024, backups=5)
         logger.info("log file: %s", log_file)
         automation = Automation(cfg, args.config, runner=runner, clock=clock)
+        automation.chain.plan.assignments = list(args.assignments)  # the children resolve the same config
         if args.run_once:
             jobs = list(JOBS) if args.run_once == "all" else [args.run_once]
             with stop_on_signals(automation.stop, STOP_MESSAGE):

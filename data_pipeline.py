@@ -10,9 +10,11 @@ For each symbol: load bars from ONE source (never silently another: without ``--
 exists already is refreshed from the source its manifest records, e.g. the bundled sample after ``make demo``),
 clean them, compute features from the past only, split chronologically with an embargo, normalise with
 train-only parameters, then write
-``data/{SYM}_{INTERVAL}_{train,val,test}_data.csv``, ``data/{SYM}_{INTERVAL}_manifest.json`` and
-``data/{SYM}_{INTERVAL}_quality.json``. Exit code 0 when every symbol succeeded, 1 otherwise, 2 for a bad
-config or flag. The library lives in ``datafeed/``; the functions other scripts need are re-exported here.
+``data/{SYM}_{INTERVAL}_{train,val,test}_data.parquet`` (and ``..._data.csv`` with ``--export-csv``),
+``data/{SYM}_{INTERVAL}_manifest.json`` and ``data/{SYM}_{INTERVAL}_quality.json``. ``--workers N`` prepares N
+symbols at a time, one process each (same files, report and exit code as one at a time). Exit code 0 when
+every symbol succeeded, 1 otherwise, 2 for a bad config or flag. The library lives in ``datafeed/``; the
+functions other scripts need are re-exported here.
 """
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ from typing import Any
 
 from agents.config import load_config
 from botcore import paths
-from botcore.cli import run_guarded, seed_number, whole_number
-from botcore.config import MAX_SYNTHETIC_BARS
+from botcore.cli import add_set_flag, run_guarded, seed_number, whole_number
+from botcore.config import MAX_SYNTHETIC_BARS, MAX_WORKERS
 from botcore.errors import UserError
 from botcore.logsetup import current_log_file, setup_logging
 from botcore.symbols import validate_symbol
@@ -61,7 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-kind", choices=SYNTHETIC_KINDS, default="gbm", help="synthetic generator")
     p.add_argument("--bars", type=whole_number(2, MAX_SYNTHETIC_BARS), default=DEFAULT_SYNTHETIC_BARS,
                    help=f"synthetic source: bars per symbol (2 to {MAX_SYNTHETIC_BARS:,})")
+    p.add_argument("--export-csv", action="store_true",
+                   help="also write each split as CSV (data/{SYM}_{INTERVAL}_{split}_data.csv) beside its Parquet "
+                        "file")
+    p.add_argument("--workers", type=whole_number(1, MAX_WORKERS),
+                   help="symbols prepared side by side, one process each (default: data.workers, 1)")
     p.add_argument("--config", help="config file (default: ./training_config.json when it exists)")
+    add_set_flag(p)
     p.add_argument("--quiet", action="store_true", help="warnings and errors only; no progress bar")
     p.add_argument("--verbose", action="store_true", help="debug messages on the terminal")
     return p
@@ -73,6 +81,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "data": {"source": args.source, "interval": args.interval, "start": args.start, "end": args.end,
                  "train_end": args.train_end, "val_end": args.val_end, "train_fraction": args.train_fraction,
                  "val_fraction": args.val_fraction, "embargo_bars": args.embargo_bars, "seed": args.seed,
+                 "workers": args.workers,
                  "csv": args.csv[0] if args.csv and len(args.csv) == 1 else None},
     }
 
@@ -83,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         setup_logging("data_pipeline", quiet=args.quiet, verbose=args.verbose)
         log_file = current_log_file()  # None when logs/ cannot be written (setup_logging has said so)
-        cfg = load_config(args.config, overrides=_overrides(args))
+        cfg = load_config(args.config, overrides=_overrides(args), assignments=args.assignments)
         data = cfg["data"]
         symbols = list(dict.fromkeys(validate_symbol(s) for s in cfg["symbols"]))
         if bool(data["train_end"]) != bool(data["val_end"]):
@@ -104,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = prepare_symbols(symbols, cfg, csv_files=csv_files, update=args.update_data,
                                  interval_given=args.interval is not None, synthetic_kind=args.synthetic_kind,
                                  synthetic_bars=args.bars, quiet=args.quiet, log_file=log_file,
-                                 reuse_recorded_source=reuse)
+                                 reuse_recorded_source=reuse, export_csv=args.export_csv, workers=data["workers"])
         for line in report.lines():
             print(line)
         failures = list(report.failures.items())

@@ -7,10 +7,11 @@ Examples::
     python evaluate_bot.py --symbol SYN --synthetic --seed 3 --create-plots
     python evaluate_bot.py --symbol GOOGL --signal [--model RUN|champion] [--json]
 
-Every model (default: every registered model of the symbol and interval, champions and challengers) and four
+The champions of the symbol and interval (plus the runs named with ``--models``; every run with ``--all``) and four
 baselines (buy and hold, flat, moving-average crossover, seeded random) are backtested on the same split with the
-same costs. The metrics (evaluation.metrics) go to ``results/model_comparison_<SYMBOL>_<timestamp>.json``, a short
-table to stdout, and with ``--create-plots`` PNGs plus one self-contained HTML report to ``results/``.
+same costs. The metrics (evaluation.metrics) go to ``results/model_comparison_<SYMBOL>_<timestamp>.json``, the
+per-bar records, trades and fills as CSV to ``results/export_<SYMBOL>_<timestamp>/``, a short table to stdout, and
+with ``--create-plots`` PNGs plus one self-contained HTML report to ``results/``.
 A model is recommended only when it beats the best baseline's Sharpe ratio AND its probabilistic Sharpe ratio
 exceeds ``--psr-level``; otherwise the recommendation says that no model shows a significant edge.
 Exit code 0 when the evaluation ran (whatever it found), 1 on errors, 2 on a bad config.
@@ -24,9 +25,9 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from agents.config import INTERVALS, load_config
+from agents.config import INTERVALS, load_config, resolve_device
 from botcore import paths
-from botcore.cli import run_guarded, seed_number, whole_number
+from botcore.cli import add_set_flag, run_guarded, seed_number, whole_number
 from botcore.config import MAX_SYNTHETIC_BARS
 from botcore.errors import UserError
 from botcore.logsetup import setup_logging
@@ -50,11 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one or more symbols, e.g. GOOGL EURUSD (a symbol that fails does not stop the others)")
     p.add_argument("--interval", choices=INTERVALS, help="bar interval (default: data.interval of the config)")
     p.add_argument("--models", nargs="+", metavar="RUN",
-                   help="run ids of the registry (default: every registered model of the symbol); a model from "
-                        "elsewhere is imported first: train_bot.py --import-model PATH")
+                   help="run ids of the registry, evaluated besides the champions; a model from elsewhere is "
+                        "imported first: train_bot.py --import-model PATH")
+    p.add_argument("--all", action="store_true", dest="all_runs",
+                   help="evaluate every registered run of the symbol and interval (default: the champions, one per "
+                        "model type, plus any --models named)")
     p.add_argument("--engine", choices=ENGINES,
-                   help="backtest engine (default: evaluation.engine); 'both' reports backtrader's figures and "
-                        "the gap of the fast engine's final equity to them")
+                   help="backtest engine (default: evaluation.engine, fast); 'backtrader' fills every order in "
+                        "backtrader's broker; 'both' reports backtrader's figures and the gap of the fast engine's "
+                        "final equity to them")
+    p.add_argument("--parity-bars", type=whole_number(0, 10**9),
+                   help="engine fast: replay each champion's first N bars on backtrader's broker and report the gap "
+                        "in the JSON's parity_check (default: evaluation.parity_bars, 2000; 0 = off)")
     p.add_argument("--split", choices=("train", "val", "test"), help="split to backtest on (default: test)")
     p.add_argument("--synthetic", action="store_true",
                    help="backtest on a seeded synthetic series made by data_pipeline's generators")
@@ -65,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=SYNTHETIC_KINDS, default="gbm", help="synthetic generator")
     p.add_argument("--create-plots", action="store_true", help="write PNG plots and an HTML report to results/")
     p.add_argument("--config", help="config file (default: ./training_config.json when it exists)")
+    add_set_flag(p)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                   help="torch device the models run on: cpu, cuda, or auto (cuda when torch sees a GPU) (default: "
+                        "evaluation.device, cpu; a backtest acts one bar at a time, which the CPU does well)")
     p.add_argument("--psr-level", type=float, help="PSR a model needs for a recommendation (default: "
                                                    "monitoring.psr_level, 0.95)")
     p.add_argument("--quiet", action="store_true",
@@ -92,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--steps", type=whole_number(1, 10**9), help="training steps per fold model")
     wf.add_argument("--seeds", type=whole_number(1, 1000), help="seeds per fold (each seed is its own loop)")
     wf.add_argument("--workers", type=whole_number(1, 256), help="processes training folds side by side")
+    wf.add_argument("--cluster", metavar="ADDRESS", help="train the folds on a Ray cluster: auto, ray://HOST:PORT or "
+                    "HOST:PORT (default: cluster.address; none = this machine)")
     return p
 
 
@@ -103,15 +117,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     setup_logging("evaluate_bot", quiet=args.quiet)
     overrides = {"data": {"interval": args.interval},
-                 "evaluation": {"engine": args.engine, "split": args.split},
+                 "evaluation": {"engine": args.engine, "split": args.split, "device": args.device,
+                                "parity_bars": args.parity_bars},
                  "monitoring": {"psr_level": args.psr_level}}
-    wf_flags = ("model_type", "train_bars", "test_bars", "folds", "steps", "seeds", "workers")
+    wf_flags = ("model_type", "train_bars", "test_bars", "folds", "steps", "seeds", "workers", "cluster")
     if not args.walk_forward and any(getattr(args, k) is not None for k in wf_flags):
-        raise UserError("--model-type, --train-bars, --test-bars, --folds, --steps, --seeds and --workers need "
-                        "--walk-forward")
+        raise UserError("--model-type, --train-bars, --test-bars, --folds, --steps, --seeds, --workers and --cluster "
+                        "need --walk-forward")
+    overrides["cluster"] = {"address": args.cluster}
     overrides["walkforward"] = {k: getattr(args, k) for k in ("train_bars", "test_bars", "folds", "seeds", "workers")}
     overrides["training_params"] = {"steps": args.steps}
-    cfg = load_config(args.config, overrides=overrides)
+    cfg = load_config(args.config, overrides=overrides, assignments=args.assignments)
+    resolve_device(cfg["evaluation"]["device"])  # cuda without a GPU: one line, exit code 2, before any work
     symbols = [validate_symbol(s) for s in args.symbol]
     if (args.model or args.json) and not args.signal:
         raise UserError("--model and --json need --signal")
@@ -121,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
         return _walk_forward(args, cfg, symbols)
     return _for_each_symbol(symbols, lambda symbol: _print_summary(
         evaluate_symbol(symbol, cfg, models=args.models, synthetic=args.synthetic, seed=args.seed, bars=args.bars,
-                        kind=args.kind, create_plots=args.create_plots), quiet=args.quiet))
+                        kind=args.kind, create_plots=args.create_plots, all_runs=args.all_runs), quiet=args.quiet))
 
 
 def _for_each_symbol(symbols: list[str], run: Callable[[str], None]) -> int:
@@ -186,9 +203,13 @@ def _print_summary(outcome: dict[str, Any], quiet: bool) -> None:
     sr = outcome["split_range"]
     print(f"\n{outcome['symbol']} {outcome['interval']} {outcome['split']} split {sr['start']} to {sr['end']} "
           f"({sr['rows']} bars), engine {outcome['engine']}, net of costs")
+    if "costs" in outcome:
+        print(outcome["costs"]["statement"])
     print(format_table(outcome))
     print(verdict)
     print(files)
+    if "export" in outcome:
+        print(f"export: {outcome['export']['folder']} (per-bar equity, returns and positions, trades and fills as CSV)")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ Examples::
     python train_bot.py --model-type both --symbol GOOGL --iterations 3
     python train_bot.py --continuous --model-type deepscalper --max-cycles 3
     python train_bot.py --import-model /path/to/GOOGL_1d_deepscalper_<run id> [--symbol GOOGL]
+    python train_bot.py --model-type deepscalper --set deepscalper.learning_rate=3e-4 --set env.window=16
+    python train_bot.py --list [--symbol GOOGL]      |  --show <run id>  |  --prune --keep 5
 
 Every model trains on the train split and is scored on the validation split only (annualised Sharpe ratio net
 of costs, fast engine); the test split is left for evaluate_bot.py. Finished runs go to the registry under
@@ -18,6 +20,7 @@ models/ (see agents.registry); each session is recorded in results/training_sess
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import signal
@@ -26,23 +29,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agents.config import INTERVALS, SB3_ALGOS, load_config
+from agents.config import DEVICES, INTERVALS, SB3_ALGOS, load_config, resolve_device
 from agents.importing import import_model
-from agents.registry import Registry
-from botcore.cli import run_guarded, seed_number, whole_number
+from agents.registry import Registry, RunRecord, folder_size
+from botcore import paths
+from botcore.cli import add_set_flag, run_guarded, seed_number, whole_number
 from botcore.config import MAX_WORKERS
 from botcore.errors import UserError
 from botcore.logsetup import setup_logging
+from botcore.markets import resolve_costs
 from botcore.signals import StopFlag, stop_on_signals
-from botcore.symbols import validate_symbol
+from botcore.symbols import safe_name, validate_symbol
 from datafeed.dataset import Dataset
 from rl_env.config import EnvConfig
 from rl_env.data import MarketData
+from training.checkpoints import prune
+from training.cluster import make_runner
 from training.continuous import continuous
 from training.hpo import optimize_then_train
 from training.job import JobResult, JobSpec, recent_bars
 from training.session import Session
-from training.workers import run_jobs
 
 logger = logging.getLogger("train_bot")
 
@@ -65,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", choices=INTERVALS, help="bar interval of the dataset (default: data.interval)")
     p.add_argument("--workers", type=whole_number(1, MAX_WORKERS),
                    help="parallel processes for independent symbol/model jobs (or Optuna workers sharing one study)")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="run the jobs (and Optuna workers) on a Ray cluster: auto (started on this machine with "
+                        "ray start), ray://HOST:PORT or HOST:PORT (default: cluster.address; none = this machine)")
     p.add_argument("--steps", type=_positive_int, help="env steps per iteration")
     p.add_argument("--episodes", type=_non_negative_int, help="most training episodes per iteration (0 = no limit)")
     p.add_argument("--iterations", type=_positive_int, help="rounds of train -> validate; the best round is kept")
@@ -90,7 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rollback", metavar="SYM",
                    help="make the previous champion of SYM the champion again (with --model-type; both when not "
                         "given); the change is recorded in models/champion_history.json. Nothing is trained")
+    p.add_argument("--device", choices=DEVICES,
+                   help="torch device of both model families: cpu, cuda, or auto (cuda when torch sees a GPU, else "
+                        "cpu) (default: training_params.device, cpu)")
     p.add_argument("--config", help="config file (default: ./training_config.json when it exists)")
+    add_set_flag(p)
+    registry = p.add_argument_group("the model registry (nothing is trained)")
+    registry.add_argument("--list", action="store_true",
+                          help="every registered run (with --symbol: of those symbols): run id, type, algorithm, "
+                               "steps, validation and latest test Sharpe, champion, status, size on disk")
+    registry.add_argument("--show", metavar="RUN", help="the metadata of one registered run (id or folder)")
+    registry.add_argument("--prune", action="store_true",
+                          help="remove registered runs beyond the newest --keep N per symbol, interval and model "
+                               "type (never a champion or the previous champion kept for rollback), their curves, "
+                               "and stale checkpoints of unfinished runs that --resume can no longer pick")
+    registry.add_argument("--keep", type=_positive_int, metavar="N", help="with --prune: newest runs kept per group")
+    registry.add_argument("--dry-run", action="store_true", help="with --prune: say what would go, remove nothing")
     p.add_argument("--quiet", action="store_true", help="warnings and errors only; no progress bar")
     p.add_argument("--verbose", action="store_true", help="debug messages on the terminal")
     return p
@@ -104,11 +128,12 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
         "training_params": {"steps": args.steps, "episodes": args.episodes, "iterations": args.iterations,
                             "seed": args.seed, "checkpoint_every": args.checkpoint_every,
                             "eval_every": args.eval_every, "workers": args.workers, "algo": args.algo,
-                            "engine": args.engine},
+                            "engine": args.engine, "device": args.device},
         "data": {"interval": args.interval},
         "optimize": {"trials": args.trials, "sampler": args.sampler, "storage": args.storage, "seeds": args.seeds},
+        "cluster": {"address": args.cluster},
     }
-    return load_config(args.config, overrides)
+    return load_config(args.config, overrides, assignments=args.assignments)
 
 
 def model_types(args: argparse.Namespace, cfg: dict[str, Any]) -> list[str]:
@@ -129,7 +154,8 @@ def build_specs(args: argparse.Namespace, cfg: dict[str, Any]) -> list[JobSpec]:
             specs.append(JobSpec(symbol=symbol, interval=interval, model_type=model_type, algo=tp["algo"],
                                  engine=tp["engine"], cfg=cfg, steps=tp["steps"], iterations=tp["iterations"],
                                  episodes=tp["episodes"], seed=tp["seed"], checkpoint_every=tp["checkpoint_every"],
-                                 eval_every=tp["eval_every"], resume=args.resume, quiet=args.quiet))
+                                 eval_every=tp["eval_every"], resume=args.resume, quiet=args.quiet,
+                                 device=tp["device"]))
     return specs
 
 
@@ -197,13 +223,25 @@ def train_once(args: argparse.Namespace, cfg: dict[str, Any], session: Session, 
         done = [optimize_then_train(spec, cfg, session, stop, log_file, args.study_name, args.quiet)
                 for spec in ready]
     else:
-        done = run_jobs(ready, processes_for(args, cfg, len(ready)), stop, str(log_file), args.quiet) if ready else []
+        done = _run_jobs(ready, processes_for(args, cfg, len(ready)), cfg, stop, log_file, args.quiet)
     by_spec = dict(zip(map(id, ready), done))
     results = [by_spec[id(spec)] if spec.symbol not in missing else JobResult.of(spec, "failed", missing[spec.symbol])
                for spec in specs]
     session.data["jobs"].extend(r.to_dict() for r in results)
     session.save()
     return results
+
+
+def _run_jobs(specs: list[JobSpec], workers: int, cfg: dict[str, Any], stop: StopFlag, log_file: Path,
+              quiet: bool) -> list[JobResult]:
+    """The jobs on this machine's worker pool, or on the Ray cluster of --cluster / cluster.address."""
+    if not specs:
+        return []
+    runner = make_runner(cfg, workers)
+    try:
+        return runner.run_jobs(specs, stop, str(log_file), quiet)
+    finally:
+        runner.close()
 
 
 def _missing_datasets(specs: list[JobSpec], cfg: dict[str, Any]) -> dict[str, str]:
@@ -221,6 +259,7 @@ def _missing_datasets(specs: list[JobSpec], cfg: dict[str, Any]) -> dict[str, st
                 raise
             missing[symbol] = str(exc)
             continue
+        logger.info("%s %s: %s", symbol, interval, resolve_costs(cfg["data"]["costs"], dataset.market).statement())
         days = int(cfg["training_params"]["lookback_days"])
         if days > 0:
             window = EnvConfig.from_config(cfg, "discrete", training=True).window
@@ -240,6 +279,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error("--trials, --sampler, --storage, --study-name and --seeds need --optimize")
     if args.algo and args.model_type == "deepscalper":
         build_parser().error("--algo applies to --model-type backtrader (or both), not deepscalper")
+    registry_action = _registry_action(args)
+    if registry_action is not None:
+        return run_guarded(registry_action)
+    if args.keep is not None or args.dry_run:
+        build_parser().error("--keep and --dry-run need --prune")
     if args.import_model:
         if args.resume or args.optimize or args.continuous or (args.symbols and len(args.symbols) > 1):
             build_parser().error("--import-model takes at most one --symbol and no --resume, --optimize or "
@@ -256,6 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(1)
         cfg = resolve(args)
+        requested = cfg["training_params"]["device"]
+        device = resolve_device(requested)  # cuda without a GPU: one line, exit code 2, before any job
+        if requested != "cpu":
+            logger.info("training on %s (device %s)", device, requested)
         session = Session(argv, cfg, "continuous" if args.continuous else "optimize" if args.optimize else "train",
                           log_file)
         stop = StopFlag()
@@ -308,6 +356,129 @@ def _rollback(args: argparse.Namespace) -> int:
     if not done:
         raise UserError(f"{symbol} {cfg['data']['interval']} has no champion to roll back")
     return 0
+
+
+# --- the registry: --list, --show, --prune -------------------------------------------------------------------
+
+_TRAINING_FLAGS = ("model_type", "algo", "engine", "interval", "workers", "cluster", "steps", "episodes",
+                   "iterations", "seed", "checkpoint_every", "eval_every", "trials", "sampler", "storage", "study_name",
+                   "seeds", "max_cycles", "import_model", "rollback", "device")
+
+
+def _registry_action(args: argparse.Namespace) -> Any:
+    """The body of --list, --show or --prune (None when none is given); a clash of flags ends with exit code 2."""
+    chosen = [name for name in ("list", "show", "prune") if getattr(args, name)]
+    if not chosen:
+        return None
+    clashing = [f"--{k.replace('_', '-')}" for k in _TRAINING_FLAGS if getattr(args, k) not in (None, False)]
+    clashing += [f"--{k}" for k in ("resume", "optimize", "continuous") if getattr(args, k)]
+    if len(chosen) > 1 or clashing:
+        build_parser().error(f"--{chosen[0]} trains nothing; it does not go with "
+                             f"{', '.join(['--' + c for c in chosen[1:]] + clashing)}")
+    if args.prune and args.keep is None:
+        build_parser().error("--prune needs --keep N (the newest runs kept per symbol, interval and model type)")
+    if (args.keep is not None or args.dry_run) and not args.prune:
+        build_parser().error("--keep and --dry-run need --prune")
+    if args.show and args.symbols:
+        build_parser().error("--show RUN takes no --symbol")
+    action = {"list": _list_runs, "show": _show_run, "prune": _prune}[chosen[0]]
+
+    def body() -> int:
+        setup_logging("training", quiet=args.quiet, verbose=args.verbose)
+        cfg = resolve(args)
+        return action(args, Registry.from_config(cfg))
+
+    return body
+
+
+def _list_runs(args: argparse.Namespace, registry: Registry) -> int:
+    symbols = [validate_symbol(s) for s in args.symbols] if args.symbols else [None]
+    records = [r for symbol in dict.fromkeys(symbols) for r in registry.runs(symbol)]
+    if not records:
+        where = f" of {', '.join(s for s in symbols if s)}" if args.symbols else ""
+        print(f"no registered run{where} under {registry.root} (train one with train_bot.py)")
+        return 0
+    protected = registry.protected_runs()
+    tests = latest_test_sharpes(sorted({r.symbol for r in records}))
+    header = (f"{'run id':<22} {'symbol':<8} {'int':<4} {'type':<11} {'algo':<11} {'steps':>9} {'val Sharpe':>10} "
+              f"{'test Sharpe':>11}  {'champion':<9} {'status':<18} {'size':>8}")
+    print(header)
+    print("-" * len(header))
+    total = 0
+    for r in records:
+        size = folder_size(r.path)
+        total += size
+        champion = "yes" if r.is_champion else "previous" if r.run_id in protected else ""
+        print(f"{r.run_id:<22} {r.symbol:<8} {r.interval:<4} {r.model_type:<11} {r.algo:<11} {_run_steps(r):>9} "
+              f"{_number(r.score):>10} {_number(tests.get(r.run_id, math.nan)):>11}  {champion:<9} "
+              f"{str(r.metadata.get('status') or 'ok'):<18} {_size(size):>8}")
+    print(f"{len(records)} run(s), {_size(total)} on disk. steps: of the kept checkpoint. test Sharpe: of the newest "
+          "test-split evaluation that included the run (evaluate_bot.py), blank when none. champion 'previous': "
+          "kept for --rollback.")
+    return 0
+
+
+def _show_run(args: argparse.Namespace, registry: Registry) -> int:
+    record = registry.get(args.show)
+    print(json.dumps({"path": str(record.path), "champion": record.is_champion,
+                      "size_bytes": folder_size(record.path), "metadata": record.metadata}, indent=2, default=str))
+    return 0
+
+
+def _prune(args: argparse.Namespace, registry: Registry) -> int:
+    symbol = None
+    if args.symbols:
+        if len(args.symbols) > 1:
+            build_parser().error("--prune takes at most one --symbol")
+        symbol = validate_symbol(args.symbols[0])
+    freed = prune(args.keep, symbol, dry_run=args.dry_run, registry=registry)
+    verb = "would remove" if args.dry_run else "removed"
+    for what, path, size in freed:
+        print(f"{verb} {what} {path.name} ({_size(size)})")
+    runs, checkpoints = sum(w == "run" for w, _, _ in freed), sum(w == "checkpoint" for w, _, _ in freed)
+    total = _size(sum(s for _, _, s in freed))
+    print((f"--dry-run: would prune {runs} run(s) and {checkpoints} stale checkpoint(s), freeing {total}"
+           if args.dry_run else f"pruned {runs} run(s) and {checkpoints} stale checkpoint(s), freed {total}")
+          + "; champions and the previous champions kept for rollback are kept")
+    return 0
+
+
+def latest_test_sharpes(symbols: Sequence[str], max_files: int = 200) -> dict[str, float]:
+    """Run id -> its test-split Sharpe in the newest evaluation that included it (``results/
+    model_comparison_<SYM>_<stamp>.json`` of evaluate_bot.py; the newest ``max_files`` per symbol are read)."""
+    found: dict[str, float] = {}
+    for symbol in symbols:
+        files = sorted(paths.results_dir().glob(f"model_comparison_{safe_name(symbol)}_*.json"), reverse=True)
+        for path in files[:max_files]:
+            try:
+                outcome = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if not isinstance(outcome, dict) or outcome.get("split") != "test":
+                continue
+            for run_id, entry in (outcome.get("models") or {}).items():
+                if isinstance(entry, dict) and entry.get("status") == "ok" and run_id not in found:
+                    value = entry.get("sharpe_ratio")
+                    found[run_id] = float(value) if isinstance(value, (int, float)) else math.nan
+    return found
+
+
+def _run_steps(record: RunRecord) -> str:
+    training = record.metadata.get("training") or {}
+    steps = training.get("best_step") or training.get("steps")
+    return f"{int(steps):,}" if isinstance(steps, (int, float)) else ""
+
+
+def _number(value: float) -> str:
+    return f"{value:.3f}" if math.isfinite(value) else ""
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"
 
 
 def _exit_code(results: list[JobResult], stop: StopFlag) -> int:

@@ -31,23 +31,24 @@ def build_agent(spec: AgentSpec, train_data: Any, env_config: Any) -> Agent:
     return SB3Agent(spec, train_data, env_config)
 
 
-def load_model(algo: str, path: Path, env: Any = None) -> Any:
-    """A trained model of ``algo`` from ``path``; it has ``predict(obs, deterministic=True)``."""
+def load_model(algo: str, path: Path, env: Any = None, device: str = "cpu") -> Any:
+    """A trained model of ``algo`` from ``path`` on the torch ``device`` (``cpu`` or ``cuda``, resolved); it has
+    ``predict(obs, deterministic=True)``."""
     if algo == "deepscalper":
         from deepscalper import DeepScalper
 
-        return DeepScalper.load(path, env=env)
+        return DeepScalper.load(path, env=env, device=device)
     if algo not in ALGOS:
         raise ModelFileError(f"{path}: unknown algo {algo!r}; expected one of {', '.join(ALGOS)}")
     from agents.sb3_agent import load_sb3
 
-    return load_sb3(algo, path, env)
+    return load_sb3(algo, path, env, device=device)
 
 
-def load_registered(registry: Registry, record: RunRecord, env: Any = None) -> Any:
+def load_registered(registry: Registry, record: RunRecord, env: Any = None, device: str = "cpu") -> Any:
     """Verify a registered model's checksum, then load it (see :func:`load_model`)."""
     registry.verify(record)
     if record.algo not in ALGOS:
         raise ModelFileError(f"{record.path / 'metadata.json'}: unknown algo {record.algo!r}; expected one of "
                              f"{', '.join(ALGOS)}")
-    return load_model(record.algo, record.model_path, env)
+    return load_model(record.algo, record.model_path, env, device)

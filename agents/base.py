@@ -34,6 +34,8 @@ class AgentSpec:
     :param engine: env an SB3 agent trains on: ``fast`` (TradingVecEnv) or ``backtrader`` (BacktraderEnv).
     :param total_steps: the planned training steps (sizes SB3 DQN's buffer and schedules).
     :param log_dir: folder for the agent's own progress.csv, or None.
+    :param device: torch device the agent trains on (``cpu`` or ``cuda``, resolved already).
+    :param tensorboard_dir: folder for TensorBoard event files, or None (off).
     """
 
     algo: str
@@ -43,6 +45,8 @@ class AgentSpec:
     engine: str = "fast"
     total_steps: int = 0
     log_dir: Path | None = None
+    device: str = "cpu"
+    tensorboard_dir: Path | None = None
 
 
 class Agent(ABC):
@@ -85,3 +89,16 @@ class Agent(ABC):
     @abstractmethod
     def close(self) -> None:
         ...
+
+
+TENSORBOARD_FLUSH_SECONDS = 10
+"""How often event files are written out: a running job shows up in TensorBoard within this many seconds."""
+
+
+def tensorboard_writer(folder: Path) -> Any:
+    """A ``torch.utils.tensorboard.SummaryWriter`` on ``folder`` (created when missing): the one way the
+    toolkit writes TensorBoard scalars of its own (stable-baselines3 writes its own through its logger)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return SummaryWriter(log_dir=str(folder), flush_secs=TENSORBOARD_FLUSH_SECONDS)

@@ -65,6 +65,7 @@ HISTORY_FILE = "champion_history.json"
 LOCK_FILE = ".registry.lock"
 BACKUP_PREFIX = "backup_"
 STAGING_SUFFIX = ".staging"
+PRUNING_SUFFIX = ".pruning"
 MODEL_TYPES = ("deepscalper", "backtrader")
 ALGOS = ("deepscalper", "ppo", "a2c", "dqn")
 
@@ -337,11 +338,14 @@ class Registry:
         with self._locked():
             return self._recover_locked()
 
-    def set_champion(self, record: RunRecord, reason: str = "set by hand") -> None:
-        """Make ``record`` the champion of its key regardless of scores (a manual promotion)."""
+    def set_champion(self, record: RunRecord, reason: str = "set by hand",
+                     evidence: dict[str, Any] | None = None) -> None:
+        """Make ``record`` the champion of its key regardless of scores (a manual promotion, or one decided
+        outside training: the forward promotion of a shadow challenger, whose ``evidence`` (the rule's numbers)
+        is recorded with the reason in the champion history)."""
         self.verify(record)
         with self._locked():
-            self._write_champion(record.key, record.run_id, reason)
+            self._write_champion(record.key, record.run_id, reason, evidence)
         logger.info("%s is now the champion of %s", record.run_id, record.key)
 
     def champion_history(self, key: str | None = None) -> list[dict[str, Any]]:
@@ -366,11 +370,7 @@ class Registry:
             current = self._read_champions().get(key)
             if current is None:
                 raise UserError(f"{key} has no champion to roll back")
-            previous = None
-            for event in reversed(self.champion_history(key)):  # the promotion that made `current` champion
-                if event.get("run_id") == current and not event.get("rollback"):
-                    previous = event.get("previous")
-                    break
+            previous = self._rollback_target(key, current)
             if previous is None:
                 raise UserError(f"{key}: the champion {current} has no earlier champion to go back to")
             record = self.get(previous)
@@ -378,6 +378,61 @@ class Registry:
             self._write_champion(key, record.run_id, f"rollback from {current}")
         logger.warning("%s: rolled back from %s to %s", key, current, record.run_id)
         return self.get(previous)
+
+    def _rollback_target(self, key: str, current: str) -> str | None:
+        """The run :meth:`rollback` would restore for ``key``: the champion before the promotion that made
+        ``current`` champion (None when there is none)."""
+        for event in reversed(self.champion_history(key)):
+            if event.get("run_id") == current and not event.get("rollback"):
+                return event.get("previous")
+        return None
+
+    def protected_runs(self) -> dict[str, str]:
+        """Run id -> why :meth:`prune` never removes it: every champion, and the previous champion that
+        :meth:`rollback` would restore."""
+        protected: dict[str, str] = {}
+        for key, run_id in self._read_champions().items():
+            target = self._rollback_target(key, run_id)
+            if target:
+                protected.setdefault(target, f"previous champion of {key} (kept for rollback)")
+            protected[run_id] = f"champion of {key}"
+        return protected
+
+    def prune(self, keep: int, symbol: str | None = None, dry_run: bool = False) -> list[tuple[RunRecord, int]]:
+        """Remove the registered runs beyond the newest ``keep`` of each symbol, interval and model type, except
+        champions and the previous champions kept for rollback (:meth:`protected_runs`).
+
+        Under the registry lock, each run folder is first renamed to a hidden ``.{name}.pruning`` folder (one
+        atomic step: it stops being a run), then deleted; a crash in between leaves a hidden folder that
+        :meth:`recover` deletes. Registrations and promotions wait for the lock, so a run promoted meanwhile is
+        never removed.
+
+        :param keep: newest runs kept per group (1 or more); champions and rollback targets are kept on top.
+        :param symbol: only this symbol's runs.
+        :param dry_run: remove nothing, say what would go.
+        :return: (record, bytes on disk) of every run removed (or that would be), oldest group order.
+        """
+        if keep < 1:
+            raise UserError(f"--keep {keep}: keep at least 1 run per symbol and model type")
+        removed: list[tuple[RunRecord, int]] = []
+        with self._locked():
+            protected = self.protected_runs()
+            groups: dict[tuple[str, str, str], list[RunRecord]] = {}
+            for record in self.runs(symbol):  # newest first
+                groups.setdefault((record.symbol, record.interval, record.model_type), []).append(record)
+            for records in groups.values():
+                for record in records[keep:]:
+                    if record.run_id in protected:
+                        continue
+                    size = folder_size(record.path)
+                    if not dry_run:
+                        doomed = record.path.with_name(f".{record.path.name}{PRUNING_SUFFIX}")
+                        os.rename(record.path, doomed)
+                        fsync_folder(self.root)
+                        shutil.rmtree(doomed, ignore_errors=True)
+                        logger.info("pruned run %s (%d bytes)", record.path.name, size)
+                    removed.append((record, size))
+        return removed
 
     def backup(self, files: Iterable[Path]) -> Path | None:
         """Copy the existing ``files`` (inside the models folder) to a new ``backup_<timestamp>/`` folder,
@@ -434,11 +489,14 @@ class Registry:
         for path in sorted(self.root.iterdir()):
             if not path.is_dir():
                 continue
-            staging = path.name.startswith(".") and path.name.endswith(STAGING_SUFFIX)
+            staging = path.name.startswith(".") and path.name.endswith((STAGING_SUFFIX, PRUNING_SUFFIX))
             if not staging and not (_RUN_FOLDER.match(path.name) and not (path / METADATA_FILE).exists()):
                 continue
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
+            if path.name.endswith(PRUNING_SUFFIX):
+                logger.warning("removed %s, a run whose pruning was interrupted", path)
+                continue
             logger.warning("removed %s, left by an interrupted registration (the run's checkpoint is kept until it "
                            "is registered: train_bot.py --resume registers it)", path)
         return removed
@@ -461,7 +519,7 @@ class Registry:
         except ModelFileError:
             return {}
 
-    def _write_champion(self, key: str, run_id: str, reason: str) -> None:
+    def _write_champion(self, key: str, run_id: str, reason: str, evidence: dict[str, Any] | None = None) -> None:
         champions = self._read_champions()
         previous = champions.get(key)
         champions[key] = run_id
@@ -476,7 +534,8 @@ class Registry:
             logger.warning("%s; starting a new champion history", exc)
             history = []
         history.append({"time": datetime.now(UTC).isoformat(timespec="seconds"), "key": key, "run_id": run_id,
-                        "previous": previous, "reason": reason, "rollback": reason.startswith("rollback from")})
+                        "previous": previous, "reason": reason, "rollback": reason.startswith("rollback from"),
+                        **({"evidence": evidence} if evidence else {})})
         atomic_write_json(self.root / HISTORY_FILE, history)
 
     def _read_champions(self) -> dict[str, str]:
@@ -528,3 +587,15 @@ class Registry:
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
+
+def folder_size(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (symbolic links not followed); 0 when it is gone."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            total += st.st_size
+    return total

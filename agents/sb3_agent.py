@@ -92,7 +92,8 @@ class SB3Agent(Agent):
         self.n_envs = int(self.hyperparameters.pop("n_envs"))
         self.env = self._make_env(spec.seed)
         self.model = self._new_model()
-        self._progress_log = _progress_logger(spec.log_dir) if spec.log_dir is not None else None
+        self._progress_log = (_progress_logger(spec.log_dir, spec.tensorboard_dir) if spec.log_dir is not None
+                              else None)
         self._attach_logger()
 
     def _attach_logger(self) -> None:
@@ -116,7 +117,7 @@ class SB3Agent(Agent):
         kwargs = dict(self.hyperparameters)
         net_arch = kwargs.pop("net_arch")
         return algo_class(self.spec.algo)("MlpPolicy", self.env, policy_kwargs={"net_arch": net_arch},
-                                          seed=self.spec.seed, device="cpu", verbose=0, **kwargs)
+                                          seed=self.spec.seed, device=self.spec.device, verbose=0, **kwargs)
 
     def learn(self, n_steps: int, hooks: TrainingHooks) -> None:
         self.model.learn(n_steps, callback=_callback_class()(hooks), reset_num_timesteps=False)
@@ -144,7 +145,8 @@ class SB3Agent(Agent):
             if len(files) != expected or any(Path(name).name != name for name in files):
                 raise ModelFileError(f"its state.json names the files {files}, expected {expected} file name(s) "
                                      f"for a {self.spec.algo.upper()} checkpoint")
-            self.model = load_sb3(self.spec.algo, folder / files[0], env=self.env, checkpoint=True)
+            self.model = load_sb3(self.spec.algo, folder / files[0], env=self.env, checkpoint=True,
+                                  device=self.spec.device)
             if self.spec.algo == "dqn":
                 load_replay_npz(self.model.replay_buffer, folder / files[1])
         except ModelFileError as exc:
@@ -155,7 +157,7 @@ class SB3Agent(Agent):
             self.model.action_space.np_random.bit_generator.state = extra_rng["action_space"]
 
     def load_model(self, path: Path) -> None:
-        self.model = load_sb3(self.spec.algo, path, env=self.env)
+        self.model = load_sb3(self.spec.algo, path, env=self.env, device=self.spec.device)
 
     def close(self) -> None:
         self.env.close()
@@ -194,19 +196,21 @@ def save_sb3(model: Any, algo: str, hyperparameters: dict[str, Any], path: Path,
             zf.writestr(name, buf.getvalue())
 
 
-def load_sb3(algo: str, path: Path, env: Any = None, checkpoint: bool = False) -> Any:
+def load_sb3(algo: str, path: Path, env: Any = None, checkpoint: bool = False, device: str = "cpu") -> Any:
     """A model (or, with ``checkpoint``, a checkpoint to train on) from a file written by :func:`save_sb3`.
 
     No checksum here: the caller verifies (:func:`agents.load_registered`).
 
     :param env: the env to attach (its spaces must be the model's); None for a model that only predicts.
+    :param device: torch device of the rebuilt model (the file's tensors are read onto the CPU first, so a
+        model trained on a GPU loads on a machine without one).
     :raises ModelFileError: naming the file, when it is missing, not ours (SB3's own format included),
         corrupt, or does not fit the algorithm or the env.
     """
     path = Path(path)
     meta, states = _read_model_file(algo, path, checkpoint)
     try:
-        model = _rebuild(algo, meta, env, path)
+        model = _rebuild(algo, meta, env, path, device)
         model.policy.load_state_dict(states[POLICY_FILE])
         if checkpoint:
             model.policy.optimizer.load_state_dict(states[OPTIMIZER_FILE])
@@ -296,7 +300,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _rebuild(algo: str, meta: dict[str, Any], env: Any, path: Path) -> Any:
+def _rebuild(algo: str, meta: dict[str, Any], env: Any, path: Path, device: str = "cpu") -> Any:
     """A new, untrained algorithm object of the file's hyperparameters and spaces (with ``env`` when given)."""
     kwargs = _checked_hyperparameters(algo, meta["hyperparameters"])
     net_arch = kwargs.pop("net_arch")
@@ -305,7 +309,7 @@ def _rebuild(algo: str, meta: dict[str, Any], env: Any, path: Path) -> Any:
     n_envs = meta.get("n_envs")
     if not (_is_int(n_envs) and 1 <= n_envs <= 4096):
         raise ValueError(f"n_envs must be a whole number from 1 to 4096, got {n_envs!r}")
-    common = {"policy_kwargs": {"net_arch": net_arch}, "device": "cpu", "verbose": 0, **kwargs}
+    common = {"policy_kwargs": {"net_arch": net_arch}, "device": device, "verbose": 0, **kwargs}
     cls = algo_class(algo)
     if env is not None:
         if env.observation_space != observation_space or env.action_space != action_space:
@@ -448,14 +452,20 @@ def load_replay_npz(buffer: Any, path: Path) -> None:
 
 # --- SB3 plumbing, built on first use so that importing this module does not import torch and SB3 ---------
 
-def _progress_logger(folder: Path) -> Any:
-    """SB3's logger writing only ``progress.csv`` (losses, entropy, ...) beside the curves file. It appends:
-    a resumed run keeps its earlier rows (SB3's ``configure`` would truncate the file, even on a failed
-    resume)."""
-    from stable_baselines3.common.logger import Logger
+def _progress_logger(folder: Path, tensorboard_dir: Path | None = None) -> Any:
+    """SB3's logger writing ``progress.csv`` (losses, entropy, ...) beside the curves file and, with
+    ``tensorboard_dir``, the same values as TensorBoard events through SB3's own writer (what its
+    ``tensorboard_log`` sets up; a logger given to ``set_logger`` replaces that one, so it is added here).
+    The CSV appends: a resumed run keeps its earlier rows (SB3's ``configure`` would truncate the file, even on
+    a failed resume)."""
+    from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 
     folder.mkdir(parents=True, exist_ok=True)
-    return Logger(str(folder), [_appending_csv_class()(folder / "progress.csv")])
+    formats: list[Any] = [_appending_csv_class()(folder / "progress.csv")]
+    if tensorboard_dir is not None:
+        tensorboard_dir.mkdir(parents=True, exist_ok=True)
+        formats.append(TensorBoardOutputFormat(str(tensorboard_dir)))
+    return Logger(str(folder), formats)
 
 
 @functools.cache

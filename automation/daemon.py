@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,10 +24,12 @@ from automation.chain import Chain, JobPlan
 from automation.monitor import AlertLog, Monitor
 from automation.runner import Runner, SubprocessRunner, UnitResult
 from automation.schedule import Clock, Timetable, iso, parse_time
-from automation.state import STATE_FILE, StateStore
+from automation.state import HEARTBEAT_FILE, STATE_FILE, StateStore
 from automation.status import collect_status
 from automation.trade import PaperTrading
+from automation.web import StatusServer
 from botcore import paths
+from botcore.atomic import atomic_write_json
 from botcore.errors import UserError
 from botcore.lock import DAEMON_LOCK, JOB_LOCK, WorkspaceLock, describe_holder
 from botcore.signals import StopFlag, stop_on_signals
@@ -38,6 +41,7 @@ EXIT_LOCK_BUSY = 3
 EXIT_INTERRUPTED = 130
 WAKE_SECONDS = 60.0  # the daemon re-checks the clock at least this often (survives suspend and clock jumps)
 HEARTBEAT_SECONDS = 300.0
+HEARTBEAT_FILE_SECONDS = 30.0  # the heartbeat file is rewritten this often, also while a long unit runs
 STOP_MESSAGE = "ending the current unit cleanly, saving state, exiting"
 
 
@@ -60,7 +64,10 @@ class Automation:
         self.timetable = Timetable(sched)
         plan = JobPlan(cfg, config_file)
         notifier = notifier or Notifier(cfg["alerts"])
-        runner = runner or SubprocessRunner(hidden_env=notifier.secret_env_names())
+        alpaca = cfg["trading"].get("alpaca") or {}
+        broker_secrets = [alpaca[k] for k in ("key_env", "secret_env") if alpaca.get(k)]
+        # The child scripts never need the alert or broker credentials: they do not get them.
+        runner = runner or SubprocessRunner(hidden_env=[*notifier.secret_env_names(), *broker_secrets])
         self.clock = clock or Clock()
         self.stop = StopFlag()
         self.store = StateStore(paths.results_dir() / STATE_FILE)
@@ -71,6 +78,8 @@ class Automation:
         self.chain = Chain(plan, runner, float(sched["job_timeout_minutes"]) * 60.0, store=self.store,
                            alerts=self.alerts, monitor=self.monitor, job_lock=self.job_lock, clock=self.clock,
                            stop=self.stop, trader=trader or self.paper)
+        self.http_port = cfg.get("automation", {}).get("http_port")
+        self.status_server: StatusServer | None = None
         self.lock_wait_seconds = float(sched["lock_wait_seconds"])
         self.wake_seconds = WAKE_SECONDS
         self.heartbeat_seconds = HEARTBEAT_SECONDS
@@ -123,12 +132,30 @@ class Automation:
             raise UserError(f"another automate_training.py daemon already runs in {paths.workspace()}: "
                             f"{describe_holder(holder)}; stop it first (kill -TERM {pid}) or check it with --status")
         self.job_lock.role = "daemon"
+        beat = _HeartbeatThread(self.clock)
         try:
             with stop_on_signals(self.stop, STOP_MESSAGE):
+                beat.start()
+                self._start_status_page()
                 return self._serve()
         finally:
+            beat.stop()
+            if self.status_server is not None:
+                self.status_server.close()
             self._record_stopped()
             daemon_lock.release()
+
+    def _start_status_page(self) -> None:
+        """Serve the read-only status page when ``automation.http_port`` is set (a busy port is one alert, not a
+        dead daemon)."""
+        if self.http_port is None:
+            return
+        try:
+            self.status_server = StatusServer(self.status, int(self.http_port)).start()
+        except OSError as exc:
+            self.alerts.alert("status_page", "automation.http_port", f"cannot serve the status page on "
+                              f"127.0.0.1:{self.http_port}: {exc}; the daemon runs without it")
+            self.store.save()
 
     def _serve(self) -> int:
         """The daemon's life under its lock: start, catch up, then the loop until a stop is requested."""
@@ -218,3 +245,32 @@ class Automation:
             self.store.save()
         finally:
             self.job_lock.release()
+
+
+class _HeartbeatThread:
+    """Rewrites ``results/automation_heartbeat.json`` (pid and time) every HEARTBEAT_FILE_SECONDS, so that
+    ``--status`` says the daemon was seen a moment ago even while a training unit holds the job lock for hours
+    (the state file is only written under that lock)."""
+
+    def __init__(self, clock: Clock, every: float = HEARTBEAT_FILE_SECONDS) -> None:
+        self.clock = clock
+        self.every = every
+        self.path = paths.results_dir() / HEARTBEAT_FILE
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            try:
+                atomic_write_json(self.path, {"pid": os.getpid(), "time": iso(self.clock.now())})
+            except OSError as exc:  # a full disk must not kill the daemon; the state file still says it lives
+                logger.warning("could not write %s: %s", self.path, exc)
+            self._done.wait(self.every)

@@ -81,29 +81,36 @@ class Monitor:
         folder = paths.results_dir()
         return {p: p.stat().st_mtime for p in folder.glob(f"model_comparison_{safe_name(symbol)}_*.json")}
 
-    def check_evaluation(self, symbol: str, before: dict[Path, float]) -> None:
+    def check_evaluation(self, symbol: str, before: dict[Path, float]) -> str:
         """Check the champions in the comparison file the evaluation just wrote; alert on what is wrong.
 
         :param before: :meth:`comparison_files` taken before the evaluation ran.
+        :return: the champions' test results in one line (for ``--status``), or "" when none could be read.
         """
         fresh = [p for p, m in self.comparison_files(symbol).items() if before.get(p) != m]
         if not fresh:
             self.alerts.alert("evaluation_output", f"evaluation/{symbol}",
                               f"evaluate_bot.py succeeded but wrote no results/model_comparison_"
                               f"{safe_name(symbol)}_*.json; nothing could be monitored")
-            return
+            return ""
         path = max(fresh, key=lambda p: (p.stat().st_mtime, p.name))
         try:
             report = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             self.alerts.alert("evaluation_output", f"evaluation/{symbol}", f"{path} is unreadable: {exc}")
-            return
+            return ""
         interval = report.get("interval") or self.interval
         champions = [e for e in _model_entries(report) if e.get("is_champion")]
         if not champions:
             logger.warning("%s holds no champion of %s: nothing to monitor", path.name, symbol)
+            return "no champion to evaluate"
+        parts = []
         for entry in champions:
             self._check_champion(f"{symbol}/{interval}/{entry.get('model_type')}", entry, path.name)
+            sharpe = _metric(entry, "sharpe_ratio")
+            shown = "n/a" if sharpe is None else f"{sharpe:.2f}"
+            parts.append(f"{entry.get('model_type')} champion {entry.get('run_id')} test Sharpe {shown}")
+        return "; ".join(parts)
 
     def _check_champion(self, key: str, entry: dict[str, Any], file_name: str) -> None:
         """Record one champion's test metrics and alert on an unusable model, a low Sharpe ratio, a deep

@@ -71,37 +71,72 @@ class Timetable:
         self.tz = resolve_timezone(sched_cfg["timezone"])
 
     def build_scheduler(self, action: Callable[[str], None]) -> schedule.Scheduler:
-        """One ``schedule`` job per step at its time of day in ``training_schedule.timezone``."""
-        scheduler = schedule.Scheduler()
+        """One ``schedule`` job per step at its time of day in ``training_schedule.timezone``.
+
+        The jobs are :class:`ZoneJob`: their next run is :meth:`next_slot` (see there for daylight saving),
+        not the ``schedule`` library's own arithmetic, which on a spring-forward day moves the next day's run
+        an hour early and so runs a daily job twice that day.
+        """
+        scheduler = ZoneScheduler(self)
         weekday = self.cfg.get("weekday")
         for job in JOBS:
             every = scheduler.every()
             period = getattr(every, weekday) if weekday else every.day
-            period.at(self.cfg[AT_KEYS[job]], self.tz).do(action, job).tag(job)
+            period.at(self.cfg[AT_KEYS[job]], self.tz).tag(job).do(action, job)  # named before scheduled
         return scheduler
 
     def next_runs(self, scheduler: schedule.Scheduler) -> dict[str, str]:
-        """Next run of each job, ISO 8601 in the configured time zone (schedule keeps naive local times)."""
+        """Next run of each job, ISO 8601 in the configured time zone."""
         out = {}
         for item in scheduler.get_jobs():
             job = next(iter(item.tags))
-            if item.next_run is not None:
-                out[job] = item.next_run.astimezone(self.tz).isoformat(timespec="minutes")
+            moment = getattr(item, "next_slot", None)
+            if moment is None and item.next_run is not None:  # a plain schedule.Job keeps naive local times
+                moment = item.next_run.astimezone()
+            if moment is not None:
+                out[job] = moment.astimezone(self.tz).isoformat(timespec="minutes")
         return out
+
+    def slot(self, job: str, day: date) -> datetime:
+        """The moment ``job`` is due on the local date ``day``.
+
+        Daylight saving: a time of day that does not exist that day (02:30 on a spring-forward night in
+        Europe/Berlin) is read in standard time, i.e. it falls one hour later (03:30 summer time), as cron and
+        the ``schedule`` library do; a time that exists twice (02:30 on a fall-back night) is its second
+        occurrence (standard time). Either way there is exactly one slot per day.
+        """
+        hour, minute = map(int, self.cfg[AT_KEYS[job]].split(":"))
+        return self.tz.normalize(self.tz.localize(datetime(day.year, day.month, day.day, hour, minute),
+                                                  is_dst=False))
+
+    def _wanted_weekday(self) -> int | None:
+        weekday = self.cfg.get("weekday")
+        return None if weekday is None else WEEKDAYS.index(weekday)
+
+    def next_slot(self, job: str, now: datetime) -> datetime:
+        """The first scheduled time of ``job`` strictly after ``now`` (aware, in the configured zone)."""
+        wanted = self._wanted_weekday()
+        today: date = now.astimezone(self.tz).date()
+        for ahead in range(9):
+            day = today + timedelta(days=ahead)
+            if wanted is not None and day.weekday() != wanted:
+                continue
+            moment = self.slot(job, day)
+            if moment > now:
+                return moment
+        raise AssertionError("unreachable: a slot exists within 8 days")
 
     def previous_slot(self, job: str, now: datetime) -> datetime:
         """The latest scheduled time of ``job`` at or before ``now``."""
-        hour, minute = map(int, self.cfg[AT_KEYS[job]].split(":"))
-        weekday = self.cfg.get("weekday")
-        wanted = None if weekday is None else WEEKDAYS.index(weekday)
+        wanted = self._wanted_weekday()
         today: date = now.astimezone(self.tz).date()
         for back in range(9):
             day = today - timedelta(days=back)
             if wanted is not None and day.weekday() != wanted:
                 continue
-            slot = self.tz.normalize(self.tz.localize(datetime(day.year, day.month, day.day, hour, minute)))
-            if slot <= now:
-                return slot
+            moment = self.slot(job, day)
+            if moment <= now:
+                return moment
         raise AssertionError("unreachable: a slot exists within 8 days")
 
     def missed_jobs(self, last_seen: datetime | None, now: datetime,
@@ -120,3 +155,51 @@ class Timetable:
             if last_seen < slot and (last_start is None or last_start < slot):
                 missed.append(job)
         return missed
+
+
+def _library_now() -> datetime:
+    """Now, as an aware UTC time, read through the ``schedule`` library's own ``datetime`` module (so that a
+    test that moves the library's clock moves this one too)."""
+    return schedule.datetime.datetime.now(UTC)
+
+
+class ZoneJob(schedule.Job):
+    """A ``schedule`` job whose next run is :meth:`Timetable.next_slot`, kept as an aware time.
+
+    The library compares naive local times, which are ambiguous for an hour each autumn wherever the machine's
+    own zone has daylight saving; this job compares aware times instead (:attr:`should_run`).
+    """
+
+    def __init__(self, interval: int, scheduler: ZoneScheduler) -> None:
+        super().__init__(interval, scheduler)
+        self.timetable = scheduler.timetable
+        self.next_slot: datetime | None = None
+
+    def _schedule_next_run(self) -> None:
+        job = next(iter(self.tags), None)
+        if job is None:
+            raise ValueError("a ZoneJob is tagged with its job name before .do() schedules it")
+        self.next_slot = self.timetable.next_slot(job, _library_now())
+        self.next_run = self.next_slot.astimezone().replace(tzinfo=None)  # the library's naive local view
+
+    @property
+    def should_run(self) -> bool:
+        return self.next_slot is not None and _library_now() >= self.next_slot
+
+
+class ZoneScheduler(schedule.Scheduler):
+    """A ``schedule.Scheduler`` of :class:`ZoneJob` (one per job of the timetable)."""
+
+    def __init__(self, timetable: Timetable) -> None:
+        super().__init__()
+        self.timetable = timetable
+
+    def every(self, interval: int = 1) -> ZoneJob:
+        return ZoneJob(interval, self)
+
+    @property
+    def idle_seconds(self) -> float | None:
+        slots = [job.next_slot for job in self.jobs if isinstance(job, ZoneJob) and job.next_slot is not None]
+        if not slots:
+            return None
+        return (min(slots) - _library_now()).total_seconds()

@@ -20,6 +20,7 @@ from botcore.lock import pid_alive
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "automation_state.json"
+HEARTBEAT_FILE = "automation_heartbeat.json"  # the daemon's pid and time, rewritten even while a unit runs
 HISTORY_LIMIT = 500  # unit runs kept in the state file
 ALERTS_LIMIT = 200
 METRICS_LIMIT = 200  # evaluations kept per champion key

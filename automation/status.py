@@ -2,14 +2,16 @@
 champions with their latest test metrics, and the recent alerts."""
 from __future__ import annotations
 
+import json
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 import pytz
 
 from agents.registry import Registry
 from automation.schedule import JOBS, RUN_ONCE_JOBS, Timetable, parse_time
-from automation.state import StateStore
+from automation.state import HEARTBEAT_FILE, StateStore
 from botcore import paths
 from botcore.errors import UserError
 from botcore.lock import DAEMON_LOCK, WorkspaceLock, describe_holder
@@ -35,10 +37,11 @@ def collect_status(store: StateStore, timetable: Timetable, job_lock: WorkspaceL
     if holder:
         daemon["pid"] = holder.get("pid")
     daemon["stale_lock"] = daemon_lock.stale_holder()
-    if holder is not None and state.get("next_runs"):
-        next_runs, source = state["next_runs"], "daemon"
-    else:
-        next_runs, source = timetable.next_runs(timetable.build_scheduler(lambda job: None)), "config"
+    beat = read_heartbeat()
+    if holder and beat and beat.get("pid") == holder.get("pid"):  # seen while a long unit holds the job lock
+        daemon["last_seen"] = max([t for t in (daemon.get("last_seen"), beat.get("time")) if t],
+                                  key=lambda t: parse_time(t) or datetime.min.replace(tzinfo=UTC))
+    next_runs, source = _future_runs(timetable, state.get("next_runs") if holder is not None else None)
     return {
         "workspace": str(paths.workspace()),
         "timezone": timetable.tz.zone,
@@ -46,12 +49,50 @@ def collect_status(store: StateStore, timetable: Timetable, job_lock: WorkspaceL
         "job_lock": {"held": job_holder is not None, "holder": job_holder},
         "jobs": {job: state["jobs"].get(job) for job in RUN_ONCE_JOBS},
         "units": state["units"],
+        "running_now": _running_now(state, job_holder),
+        "recent_runs": state["history"][-20:],
         "next_runs": next_runs,
         "next_runs_source": source,
         "champions": _champions(store),
         "paper": paper if paper is not None else {"enabled": False, "symbols": {}},
         "recent_alerts": state["alerts"][-10:],
     }
+
+
+def read_heartbeat() -> dict[str, Any] | None:
+    """The daemon's heartbeat file (written every HEARTBEAT_FILE_SECONDS, even while a unit runs), or None."""
+    try:
+        data = json.loads((paths.results_dir() / HEARTBEAT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _future_runs(timetable: Timetable, daemon_runs: dict[str, str] | None) -> tuple[dict[str, str], str]:
+    """The next run of each job, never one in the past: the daemon's own (recorded at its last heartbeat) where
+    it is still ahead, else the next one the timetable gives from now."""
+    fresh = timetable.next_runs(timetable.build_scheduler(lambda job: None))
+    if not daemon_runs:
+        return fresh, "config"
+    now = datetime.now(UTC)
+    out = {}
+    for job, when in fresh.items():
+        recorded = daemon_runs.get(job)
+        moment = parse_time(recorded)
+        out[job] = recorded if moment is not None and moment > now else when
+    return out, "daemon"
+
+
+def _running_now(state: dict[str, Any], job_holder: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """What runs at this moment (apart from what ran before): the units left ``running`` by a live process, or
+    the job lock's holder when it names no unit."""
+    running = [{"unit": name, "since": u.get("start"), "trigger": u.get("trigger"), "pid": u.get("pid")}
+               for name, u in sorted(state["units"].items()) if u.get("outcome") == "running"]
+    if not running and job_holder:
+        running.append({"unit": job_holder.get("detail") or job_holder.get("role"),
+                        "since": job_holder.get("since"), "trigger": job_holder.get("role"),
+                        "pid": job_holder.get("pid")})
+    return running
 
 
 def _champions(store: StateStore) -> list[dict[str, Any]] | dict[str, str]:
@@ -90,6 +131,12 @@ def format_status(st: dict[str, Any]) -> str:
                      "the next daemon takes it over")
     lock = st["job_lock"]
     lines.append(f"job lock: {'held by ' + describe_holder(lock['holder']) if lock['held'] else 'free'}")
+    if st.get("running_now"):
+        lines.append("running now:")
+        for r in st["running_now"]:
+            lines.append(f"  {r['unit']} since {when(r.get('since'))} ({r.get('trigger')}, pid {r.get('pid')})")
+    else:
+        lines.append("running now: nothing")
     lines.append("last runs:")
     for job in RUN_ONCE_JOBS:
         j = st["jobs"].get(job)
@@ -101,7 +148,8 @@ def format_status(st: dict[str, Any]) -> str:
         for name, unit in sorted(st["units"].items()):
             if name.startswith(job + "/"):
                 err = f": {unit['error']}" if unit.get("error") else ""
-                lines.append(f"    {name:<34} {unit.get('outcome')}{err}")
+                result = f": {unit['result']}" if unit.get("result") and not err else ""
+                lines.append(f"    {name:<34} {unit.get('outcome')}{err}{result}")
     label = "daemon" if st["next_runs_source"] == "daemon" else "if the daemon ran now"
     lines.append(f"next runs ({label}, {st['timezone']}):")
     for job in JOBS:

@@ -1,93 +1,235 @@
 #!/usr/bin/env python3
-"""Times the data pipeline offline (Yahoo is faked in-process; the network is never used).
+"""Times the data pipeline offline; every row is a ratio against a reference measured in the same run.
 
-1. Feature computation on a long synthetic history (default 200,000 five-minute bars): rows per second of
-   ``compute_features`` alone and of the whole ``prepare`` (clean, features, splits, normalisation).
-2. A 20-symbol ``--update-data`` run against local stores of daily bars, with a fake Yahoo that returns
-   either no new rows (only the overlap) or a few new rows: seconds for the whole run (store update, features,
-   splits and files for all 20 symbols) and for the store updates alone.
+1. ``data_pipeline.py --source csv`` end to end on a minute-bar CSV (default 1,000,000 bars: read, dates,
+   cleaning, features, splits, Parquet files, manifest) against ``pandas.read_csv`` of the same file alone.
+   Each runs in a child process of its own, which also reports its peak RSS (VmHWM) and its RSS after the
+   imports, so the memory the data costs is the difference (goal: under 300 MB per million rows).
+2. The same run at the commit before this work (``--before-commit``, extracted with ``git archive`` into a
+   temporary folder; skipped when git or the commit is not there) on a shorter CSV, against this tree on
+   the same CSV: the before/after speed-up.
+3. 20 symbols x 2,500 daily bars in one call: ``--workers 2`` (and the number of cores) against ``--workers 1``.
+4. The vectorised ATR, ADX and CCI (datafeed.indicators) against ta's own on the same bars.
 
-    python bench/bench_data_pipeline.py [--bars 200000] [--symbols 20]
+    python bench/bench_data_pipeline.py [--bars 1000000] [--before-bars 100000] [--symbols 20]
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import io
+import json
 import os
+import resource
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import pandas as pd  # noqa: E402
-
-import data_pipeline  # noqa: E402
-import datafeed  # noqa: E402
-from agents.config import load_config  # noqa: E402
-from datafeed import sources  # noqa: E402
-from datafeed.features import compute_features  # noqa: E402
-from datafeed.splits import prepare  # noqa: E402
+BEFORE_COMMIT = "9e3a2d6"  # the last commit with CSV split files and ta's loops (issue 16)
 
 
-def bench_features(n_bars: int) -> None:
-    bars = datafeed.generate_synthetic(n_bars, seed=0, kind="regime", interval="5m")
-    t0 = time.perf_counter()
-    features = compute_features(bars, "5m")
-    t1 = time.perf_counter()
-    prepared = prepare(bars, load_config(), "SYN", "5m")
-    t2 = time.perf_counter()
-    rows = sum(len(s) for s in prepared.splits.values())
-    print(f"features: {n_bars:,} bars x {features.shape[1]} features in {t1 - t0:.2f} s = "
-          f"{n_bars / (t1 - t0):,.0f} rows/s")
-    print(f"prepare (clean+features+split+normalise): {t2 - t1:.2f} s = {n_bars / (t2 - t1):,.0f} rows/s "
-          f"({rows:,} rows in the splits)")
+def _rss_mb() -> float:
+    """The current resident set of this process (Linux /proc), in MB."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return float("nan")
 
 
-def bench_update(n_symbols: int, history: int = 2500) -> None:
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --- child processes (one measurement each) ----------------------------------------------------------------
+
+def child(spec: dict) -> dict:
+    """Run one measurement in this (fresh) process; the imports come first and are not timed."""
+    import pandas as pd
+
+    if spec["kind"] == "pipeline":
+        sys.path.insert(0, spec["code"])
+        os.chdir(spec["workspace"])
+        import data_pipeline  # noqa: F401 (imported before the clock starts)
+    baseline = _rss_mb()
+    cpu, start = _cpu_seconds(), time.perf_counter()
+    if spec["kind"] == "read_csv":
+        rows = len(pd.read_csv(spec["csv"]))
+        rc = 0
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = data_pipeline.main(spec["argv"])
+        rows = spec["rows"]
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    return {"seconds": seconds, "cpu": cpu, "rows": rows, "rc": rc, "baseline_mb": baseline, "peak_mb": _peak_mb()}
+
+
+def _peak_mb() -> float:
+    """This process's peak RSS. Linux's VmHWM, not ``ru_maxrss``: a child's ``ru_maxrss`` starts from its
+    parent's RSS at the fork (kept across ``execve``), so a big parent would inflate every child's peak."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(spec: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+                         check=False, timeout=3600)
+    if out.returncode != 0:
+        raise SystemExit(f"measurement failed: {spec['kind']}: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- inputs ----------------------------------------------------------------------------------------------------
+
+def write_minute_csv(path: Path, n_bars: int) -> None:
+    """A minute-bar CSV as a data vendor writes it: ``Date,Open,High,Low,Close,Volume``, 6 decimals."""
+    import datafeed
+
+    bars = datafeed.generate_synthetic(n_bars, seed=0, kind="regime", interval="1m")
+    out = bars.rename(columns=str.capitalize)
+    out["Volume"] = out["Volume"].astype("int64")
+    out.index = out.index.strftime("%Y-%m-%d %H:%M:%S")
+    out.to_csv(path, index_label="Date", float_format="%.6f")
+
+
+def pipeline_spec(code: Path, workspace: Path, csv: Path, rows: int) -> dict:
+    workspace.mkdir(parents=True, exist_ok=True)
+    return {"kind": "pipeline", "code": str(code), "workspace": str(workspace), "rows": rows,
+            "argv": ["--symbols", "BENCH", "--source", "csv", "--csv", str(csv), "--interval", "1m", "--quiet"]}
+
+
+def before_code(commit: str, folder: Path) -> Path | None:
+    """The toolkit at ``commit`` (read-only: ``git archive``), or None when that is not possible."""
+    try:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], capture_output=True, check=True,
+                                 timeout=120).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    return folder
+
+
+# --- the rows -------------------------------------------------------------------------------------------------
+
+def _row(label: str, value: str, ratio: float, reference: str) -> None:
+    print(f"{label:<58} {value:<34} {ratio:>7.2f}x {reference}")
+
+
+def bench_end_to_end(n_bars: int, tmp: Path) -> None:
+    csv = tmp / f"minute_{n_bars}.csv"
+    write_minute_csv(csv, n_bars)
+    ref = measure({"kind": "read_csv", "csv": str(csv)})
+    new = measure(pipeline_spec(REPO, tmp / "ws_new", csv, n_bars))
+    assert new["rc"] == 0, "data_pipeline.py failed on the benchmark CSV"
+    per_million = (new["peak_mb"] - new["baseline_mb"]) / (n_bars / 1e6)
+    _row(f"pandas.read_csv alone, {n_bars:,} minute bars", f"{ref['seconds']:.2f} s, {ref['cpu']:.2f} CPU-s", 1.0,
+         "(the reference)")
+    _row("data_pipeline.py end to end (CSV in, Parquet out)",
+         f"{new['seconds']:.2f} s = {n_bars / new['seconds']:,.0f} rows/s", new["seconds"] / ref["seconds"],
+         "read_csv's time (goal <= 10x)")
+    _row("  the same in CPU time", f"{new['cpu']:.2f} CPU-s = {n_bars / new['cpu']:,.0f} rows/CPU-s",
+         new["cpu"] / ref["cpu"], "read_csv's CPU time")
+    _row("  peak RSS above the imports, per million rows", f"{per_million:,.0f} MB (peak {new['peak_mb']:,.0f} MB)",
+         per_million / 300.0, "the 300 MB goal")
+    _row("  peak RSS of read_csv alone", f"{ref['peak_mb'] - ref['baseline_mb']:,.0f} MB above its imports",
+         (ref["peak_mb"] - ref["baseline_mb"]) / max(per_million * n_bars / 1e6, 1e-9), "the pipeline's")
+
+
+def bench_before_after(n_bars: int, commit: str, tmp: Path) -> None:
+    old_code = before_code(commit, tmp / "before")
+    if old_code is None:
+        print(f"before/after: skipped (git archive {commit} is not available here)")
+        return
+    csv = tmp / f"minute_{n_bars}.csv"
+    if not csv.exists():
+        write_minute_csv(csv, n_bars)
+    new = measure(pipeline_spec(REPO, tmp / "ws_after", csv, n_bars))
+    old = measure(pipeline_spec(old_code, tmp / "ws_before", csv, n_bars))
+    _row(f"data_pipeline.py at {commit} (before), {n_bars:,} bars",
+         f"{old['seconds']:.2f} s, peak {old['peak_mb'] - old['baseline_mb']:,.0f} MB above imports", 1.0,
+         "(the reference)")
+    _row("data_pipeline.py now, same CSV",
+         f"{new['seconds']:.2f} s, peak {new['peak_mb'] - new['baseline_mb']:,.0f} MB above imports",
+         old["seconds"] / new["seconds"], "faster than before")
+
+
+def bench_workers(n_symbols: int, history: int, tmp: Path) -> None:
+    import data_pipeline
+
     symbols = [f"SYM{i:02d}" for i in range(n_symbols)]
-    markets = {s: datafeed.generate_synthetic(history + 5, seed=i, start="2010-01-04")
-               for i, s in enumerate(symbols)}
-    served = {"extra": 0}
+    argv = ["--symbols", *symbols, "--source", "synthetic", "--bars", str(history), "--quiet"]
+    os.chdir(tmp)
+    times = {}
+    for workers in sorted({1, 2, os.cpu_count() or 1}):
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = data_pipeline.main([*argv, "--workers", str(workers)])
+        times[workers] = time.perf_counter() - start
+        assert rc == 0
+    os.chdir(REPO)
+    _row(f"{n_symbols} symbols x {history:,} daily bars, --workers 1", f"{times[1]:.2f} s", 1.0, "(the reference)")
+    for workers, seconds in times.items():
+        if workers > 1:
+            _row(f"  --workers {workers} ({os.cpu_count()} cores)", f"{seconds:.2f} s", times[1] / seconds,
+                 "faster than --workers 1")
 
-    def fake_fetch(symbol, interval, start, end):
-        market = markets[symbol].iloc[: history + served["extra"]]
-        keep = (market.index >= pd.Timestamp(start)) & (market.index < pd.Timestamp(end) if end else True)
-        return market[keep].rename(columns=str.capitalize)
 
-    sources._fetch_yfinance = fake_fetch  # the only function that talks to Yahoo
-    now = datetime(2020, 1, 1)
-    with tempfile.TemporaryDirectory() as tmp:
-        os.chdir(tmp)
-        for s in symbols:  # the initial download (not timed)
-            sources.load_yahoo(s, "1d", now=now)
-        for label, extra in (("no new rows", 0), ("5 new rows", 5)):
-            served["extra"] = extra
-            t0 = time.perf_counter()
-            # The per-symbol table and the (expected) "old data" warnings are not the point here.
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                rc = data_pipeline.main(["--symbols", *symbols, "--update-data", "--quiet"])
-            t1 = time.perf_counter()
-            for s in symbols:
-                sources.load_yahoo(s, "1d", now=now)
-            t2 = time.perf_counter()
-            print(f"update {n_symbols} symbols x {history:,} daily bars, {label}: whole run {t1 - t0:.2f} s "
-                  f"({(t1 - t0) / n_symbols * 1000:.0f} ms/symbol, exit {rc}); store updates alone "
-                  f"{t2 - t1:.2f} s")
-        os.chdir(REPO)
+def bench_indicators(n_bars: int) -> None:
+    from ta.trend import ADXIndicator, CCIIndicator
+    from ta.volatility import AverageTrueRange
+
+    import datafeed
+    from datafeed import indicators
+
+    bars = datafeed.generate_synthetic(n_bars, seed=1, interval="1m")
+    h, low, c = bars["high"], bars["low"], bars["close"]
+    pairs = {
+        "ATR": (lambda: AverageTrueRange(h, low, c).average_true_range(),
+                lambda: indicators.average_true_range(h, low, c)),
+        "ADX, +DI, -DI": (lambda: [(a.adx(), a.adx_pos(), a.adx_neg()) for a in [ADXIndicator(h, low, c)]],
+                          lambda: [(a.adx(), a.adx_pos(), a.adx_neg()) for a in [indicators.ADX(h, low, c)]]),
+        "CCI": (lambda: CCIIndicator(h, low, c).cci(), lambda: indicators.commodity_channel_index(h, low, c)),
+    }
+    for name, (reference, ours) in pairs.items():
+        start = time.perf_counter()
+        reference()
+        ref_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        ours()
+        our_seconds = time.perf_counter() - start
+        _row(f"{name}, {n_bars:,} minute bars: datafeed.indicators", f"{our_seconds:.3f} s (ta {ref_seconds:.2f} s)",
+             ref_seconds / our_seconds, "faster than ta (equal to 1e-9: tests/test_indicators.py)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bars", type=int, default=200_000)
+    parser.add_argument("--bars", type=int, default=1_000_000, help="minute bars of the end-to-end CSV")
+    parser.add_argument("--before-bars", type=int, default=100_000, help="bars of the before/after CSV (0: skip)")
+    parser.add_argument("--before-commit", default=BEFORE_COMMIT)
     parser.add_argument("--symbols", type=int, default=20)
+    parser.add_argument("--indicator-bars", type=int, default=100_000)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    bench_features(args.bars)
-    bench_update(args.symbols)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    print(f"{'row':<58} {'measured':<34} {'ratio':>8} against")
+    with tempfile.TemporaryDirectory(prefix="bench_data_") as folder:
+        tmp = Path(folder)
+        bench_end_to_end(args.bars, tmp)
+        if args.before_bars:
+            bench_before_after(args.before_bars, args.before_commit, tmp)
+        (tmp / "symbols").mkdir()
+        bench_workers(args.symbols, 2500, tmp / "symbols")
+        bench_indicators(args.indicator_bars)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 SCRIPTS = ["env_throughput.py", "bench_data_pipeline.py", "train_throughput.py", "deepscalper_learning.py",
-           "walkforward_speed.py"]
+           "walkforward_speed.py", "evaluate_speed.py"]
 
 
 def main() -> int:

@@ -11,8 +11,8 @@ import logging
 import sys
 from collections.abc import Callable
 
-from botcore.config import MAX_SEED, MAX_WHOLE_NUMBER
-from botcore.errors import UserError
+from botcore.config import MAX_SEED, MAX_WHOLE_NUMBER, split_assignment
+from botcore.errors import ConfigError, UserError
 from botcore.logsetup import console_installed, traceback_hint
 from botcore.redact import redact
 
@@ -72,3 +72,21 @@ def whole_number(minimum: int, maximum: int = MAX_WHOLE_NUMBER, what: str = "") 
 
 seed_number = whole_number(0, MAX_SEED, "a seed")
 """The argparse type of every ``--seed``."""
+
+
+def add_set_flag(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE`` (repeatable), the same in every script: any training_config.json key by its dotted
+    path, validated exactly like the file (see :func:`botcore.config.parse_assignments`)."""
+    parser.add_argument("--set", dest="assignments", action="append", default=[], type=_assignment,
+                        metavar="KEY=VALUE",
+                        help="override one training_config.json key, e.g. --set deepscalper.learning_rate=3e-4 "
+                             "--set env.window=16 (repeatable; JSON values, else text; checked like the file)")
+
+
+def _assignment(text: str) -> str:
+    """An argparse type: refuses a ``--set`` text that is not KEY=VALUE (one line, exit code 2)."""
+    try:
+        split_assignment(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--set ")) from None
+    return text

@@ -13,7 +13,7 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -53,6 +53,8 @@ BASE_DEFAULTS: dict[str, Any] = {
         "algo": "ppo",  # stable-baselines3 algorithm for model type "backtrader"
         "engine": "backtrader",  # env for model type "backtrader": backtrader or fast
         "continuous_interval_minutes": 1440,
+        "tensorboard": True,  # TensorBoard scalars of every registered run under results/tensorboard/<run>
+        "device": "cpu",  # torch device of training: cpu | cuda | auto (cuda when torch sees a GPU)
     },
     "monitoring": {
         "min_sharpe_ratio": 0.5,
@@ -65,6 +67,9 @@ BASE_DEFAULTS: dict[str, Any] = {
         "forward_psr_window": 60,  # bars of the rolling PSR of a champion's forward returns
         "forward_drawdown_factor": 1.5,  # alert when the forward drawdown is this many times the validation one
         "auto_rollback": False,  # demote a champion whose forward results are implausible to the previous one
+    },
+    "automation": {
+        "http_port": None,  # null = off; a port number serves the read-only status page on 127.0.0.1 (0 = any free)
     },
     "data": {
         "source": "yahoo",  # yahoo | sample | csv | synthetic
@@ -80,11 +85,12 @@ BASE_DEFAULTS: dict[str, Any] = {
         "indicators": ["rsi", "macd", "bollinger", "atr", "obv", "stochastic", "adx", "cci", "ma_ratios"],
         "outlier_mad_threshold": 8.0,
         "seed": 0,  # synthetic source
-        "costs": {
-            "commission_rate": 0.0005,  # fraction of traded notional
-            "commission_min": 0.0,  # currency units per order
-            "slippage_bps": 1.0,
-            "spread_bps": 0.0,
+        "workers": 1,  # symbols data_pipeline.py prepares side by side, one process each (--workers)
+        "costs": {  # null = the market's default (botcore.markets.MARKET_COSTS); a number applies to every market
+            "commission_rate": None,  # fraction of traded notional (equity 0.0005, fx 0, crypto 0.001)
+            "commission_min": None,  # currency units per order (0 everywhere)
+            "slippage_bps": None,  # equity 1.0, fx 0.5, crypto 1.0
+            "spread_bps": None,  # full bid-ask spread, half paid per market order (equity 0, fx 1.0, crypto 2.0)
         },
     },
     "env": {
@@ -131,18 +137,25 @@ BASE_DEFAULTS: dict[str, Any] = {
         "sampler": "tpe",
         "storage": "sqlite:///results/optuna.db",
         "seeds": 1,
+        "heartbeat_seconds": 60,  # running trials record a heartbeat this often in the storage (0 = off)
+        "heartbeat_grace_seconds": 180,  # a running trial silent this long is failed (its worker died) and retried
         "grid": {
             "learning_rate": [1e-4, 3e-4],
             "hidden_size": [32, 64],
         },
     },
+    "cluster": {
+        "address": None,  # null = this machine; "auto", "ray://HOST:PORT" or "HOST:PORT" = a Ray cluster
+    },
     "evaluation": {
-        "engine": "backtrader",
+        "engine": "fast",  # fast (proven equal to backtrader's broker) | backtrader | both
+        "parity_bars": 2000,  # engine fast: replay the champions' first N bars on backtrader too (0 = off)
         "split": "test",
         "bootstrap_samples": 1000,
         "random_seed": 0,
         "ma_fast": 10,
         "ma_slow": 30,
+        "device": "cpu",  # torch device the evaluated models run on: cpu | cuda | auto
     },
     "trading": {
         "enabled": True,  # the daemon paper-trades the champions (and shadow challengers) after each data update
@@ -277,6 +290,33 @@ def check_timezone(v: Any) -> str | None:
     return None
 
 
+def check_number_or_none(v: Any) -> str | None:
+    """A number or null (a value whose null means "the default of the symbol's market")."""
+    if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+        return None
+    return f"must be a number or null (the market's default), not {_type_name(v)}"
+
+
+def check_port_or_none(v: Any) -> str | None:
+    """A TCP port (0 = any free port) or null (off)."""
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        return "must be a port number from 0 to 65535, or null to turn the status page off"
+    return check_int_range(0, 65535)(v)
+
+
+def check_cluster_address(v: Any) -> str | None:
+    """None (this machine), ``auto``, ``ray://HOST:PORT`` (Ray Client) or ``HOST:PORT`` (a head's GCS port)."""
+    if v is None or v == "auto":
+        return None
+    host, _, port = v.removeprefix("ray://").rpartition(":") if isinstance(v, str) else ("", "", "")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return ('is not a Ray cluster address; use null (this machine), "auto" (the cluster started here with '
+                '`ray start --head`), "ray://HOST:PORT" (Ray Client, port 10001) or "HOST:PORT" (the head\'s port)')
+    return None
+
+
 def check_weekday(v: Any) -> str | None:
     return None if v is None else check_choice(*_WEEKDAYS)(v)
 
@@ -289,6 +329,7 @@ BASE_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "training_schedule.data_update_at": check_time,
     "training_schedule.evaluation_at": check_time,
     "training_schedule.weekday": check_weekday,
+    "automation.http_port": check_port_or_none,
     "training_schedule.timezone": check_timezone,
     "training_schedule.lock_wait_seconds": check_non_negative,
     "training_schedule.job_timeout_minutes": check_positive,
@@ -331,10 +372,12 @@ BASE_CHECKS: dict[str, Callable[[Any], str | None]] = {
     ),
     "data.outlier_mad_threshold": check_positive,
     "data.seed": check_seed,
-    "data.costs.commission_rate": lambda v: None if 0 <= v < 0.1 else "must be a fraction between 0 and 0.1",
-    "data.costs.commission_min": check_non_negative,
-    "data.costs.slippage_bps": check_non_negative,
-    "data.costs.spread_bps": check_non_negative,
+    "data.workers": check_int_range(1, MAX_WORKERS),
+    "data.costs.commission_rate": lambda v: check_number_or_none(v) or (
+        None if v is None or 0 <= v < 0.1 else "must be a fraction between 0 and 0.1, or null (the market's default)"),
+    "data.costs.commission_min": lambda v: check_number_or_none(v) or (None if v is None else check_non_negative(v)),
+    "data.costs.slippage_bps": lambda v: check_number_or_none(v) or (None if v is None else check_non_negative(v)),
+    "data.costs.spread_bps": lambda v: check_number_or_none(v) or (None if v is None else check_non_negative(v)),
     "env.window": check_positive,
     "env.initial_cash": check_positive,
     "env.max_position": lambda v: None if 0 < v <= 10 else "must be between 0 (exclusive) and 10",
@@ -370,12 +413,18 @@ BASE_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "optimize.trials": check_positive,
     "optimize.sampler": check_choice("tpe", "grid", "random"),
     "optimize.seeds": check_positive,
+    "cluster.address": check_cluster_address,
+    "optimize.heartbeat_seconds": check_int_range(0, 86_400),
+    "optimize.heartbeat_grace_seconds": check_int_range(1, 7 * 86_400),
     "evaluation.engine": check_choice("fast", "backtrader", "both"),
+    "evaluation.parity_bars": check_non_negative,
     "evaluation.split": check_choice("train", "val", "test"),
     "evaluation.bootstrap_samples": check_positive,
     "evaluation.random_seed": check_seed,
     "evaluation.ma_fast": check_positive,
     "evaluation.ma_slow": check_positive,
+    "evaluation.device": check_choice("cpu", "cuda", "auto"),
+    "training_params.device": check_choice("cpu", "cuda", "auto"),
     "alerts.email.smtp_port": lambda v: None if 0 < v < 65536 else "must be a port number 1-65535",
     "alerts.email.to_addrs": check_list_of(str, non_empty=False),
     "alerts.webhook.format": check_choice("slack", "json"),
@@ -414,6 +463,10 @@ def validate(cfg: Mapping[str, Any], schema: Schema, source: str = paths.CONFIG_
         raise ConfigError(f"{source}: data.train_end must be before data.val_end")
     if cfg["evaluation"]["ma_fast"] >= cfg["evaluation"]["ma_slow"]:
         raise ConfigError(f"{source}: evaluation.ma_fast must be shorter than evaluation.ma_slow")
+    heartbeat = cfg["optimize"]["heartbeat_seconds"]
+    if heartbeat and cfg["optimize"]["heartbeat_grace_seconds"] <= heartbeat:
+        raise ConfigError(f"{source}: optimize.heartbeat_grace_seconds must be longer than optimize.heartbeat_seconds "
+                          f"({heartbeat}), e.g. three times as long; otherwise live trials are failed")
 
 
 def _check_numbers(value: Any, key: str, source: str) -> None:
@@ -508,14 +561,17 @@ def _normalise_numbers(cfg: dict[str, Any], default: dict[str, Any]) -> None:
 
 
 def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None, required: bool,
-                schema: Schema) -> dict[str, Any]:
-    """Defaults, overridden by the config file (when it exists), overridden by ``overrides``.
+                schema: Schema, assignments: Sequence[str] = ()) -> dict[str, Any]:
+    """Defaults, overridden by the config file (when it exists), overridden by ``assignments`` (``--set``),
+    overridden by ``overrides`` (the dedicated flags, the most specific).
 
     The toolkit calls it through :func:`agents.config.load_config`, which passes the full schema.
 
     :param path: the config file; ``None`` means ``./training_config.json``.
     :param overrides: a nested dict from command-line flags; ``None`` values are ignored.
     :param required: raise when the file does not exist (otherwise defaults are used).
+    :param assignments: ``KEY=VALUE`` texts of ``--set`` (see :func:`parse_assignments`), validated exactly
+        like the file (a null here is a value, not "not given").
     """
     config_file = Path(path) if path is not None else paths.config_path()
     file_values: dict[str, Any] = {}
@@ -528,11 +584,52 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any] | None, re
     cfg = deep_merge(defaults, file_values)
     _normalise_numbers(cfg, defaults)
     validate(cfg, schema, source=str(config_file.name if path is None else config_file))
+    if assignments:
+        cfg = deep_merge(cfg, parse_assignments(assignments))
+        _normalise_numbers(cfg, defaults)
+        validate(cfg, schema, source="--set")
     if overrides:
         cfg = deep_merge(cfg, _drop_none(overrides))
         _normalise_numbers(cfg, defaults)
         validate(cfg, schema, source="command line")
     return cfg
+
+
+def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
+    """``--set`` texts (``deepscalper.learning_rate=3e-4``, ``env.window=16``, ``symbols=["AAPL","MSFT"]``) as
+    one nested override dict; later items win. A value is read as JSON when it parses (numbers, true/false,
+    null, lists, objects) and as a plain string otherwise (``--set data.start=2020-01-01``). Keys and values are
+    checked afterwards by :func:`validate`, exactly like the file's.
+
+    :raises ConfigError: an item without ``=`` or with an empty key part (one line, exit code 2).
+    """
+    tree: dict[str, Any] = {}
+    for item in items:
+        key, value = split_assignment(item)
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[leaf] = value
+    return tree
+
+
+def split_assignment(item: str) -> tuple[str, Any]:
+    """(dotted key, value) of one ``KEY=VALUE`` text (see :func:`parse_assignments`)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r} is not KEY=VALUE with a dotted key, e.g. --set env.window=16 or "
+                          "--set deepscalper.learning_rate=3e-4")
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError, ValueError):
+        value = text
+    if _depth(value) > MAX_CONFIG_DEPTH:
+        raise ConfigError(f"--set {key}: the value nests more than {MAX_CONFIG_DEPTH} levels deep")
+    return key, value
 
 
 _RECREATE = "fix it or recreate it with `python automate_training.py --create-config --force`"

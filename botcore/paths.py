@@ -36,9 +36,10 @@ def config_path() -> Path:
     return workspace() / CONFIG_FILE
 
 
-def split_path(symbol: str, interval: str, split: str) -> Path:
-    """``data/{SYMBOL}_{INTERVAL}_{split}_data.csv`` (split is train, val or test)."""
-    return data_dir() / f"{safe_name(symbol)}_{interval}_{split}_data.csv"
+def split_path(symbol: str, interval: str, split: str, file_format: str = "parquet") -> Path:
+    """``data/{SYMBOL}_{INTERVAL}_{split}_data.parquet`` (split is train, val or test); ``file_format="csv"``:
+    the CSV export (``data_pipeline.py --export-csv``) or a split of a dataset prepared before Parquet."""
+    return data_dir() / f"{safe_name(symbol)}_{interval}_{split}_data.{file_format}"
 
 
 def manifest_path(symbol: str, interval: str) -> Path:

@@ -26,6 +26,10 @@ _SECRET_SUFFIXES = ("_password", "_passwd", "_secret", "_token", "_api_key", "_a
 
 # scheme://user:password@host -- the password runs to the last "@" before the path (a "/" or whitespace ends it).
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@]*:)(?P<secret>[^\s/]*)@")
+# ... and a password holding "/" (base64-made passwords do; SQLAlchemy and libpq take it unescaped), unless what
+# follows the ":" is a port and a path (http://host:8080/path?x=a@b holds no password).
+_URL_SLASHED_PASSWORD = re.compile(
+    r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@]*:)(?P<secret>(?!\d+/)[^\s@]*/[^\s@]*)@")
 # key=value and key: value in free text (query strings, headers, reprs of dicts); "_" before the name means
 # another word (password_env), so the name must stand alone.
 _TEXT_PAIR = re.compile(
@@ -75,6 +79,7 @@ def _redact_text(text: str, secrets: list[str]) -> str:
         text = text.replace(secret, MASK)
     if "://" in text:
         text = _URL_PASSWORD.sub(lambda m: m["head"] + MASK + "@", text)
+        text = _URL_SLASHED_PASSWORD.sub(lambda m: m["head"] + MASK + "@", text)
     if _might_hold_pair(text):
         text = _TEXT_PAIR.sub(lambda m: m["head"] + MASK, text)
     return text

@@ -1,7 +1,10 @@
 """The one reader of prepared datasets: training, evaluation, the daemon and the scripts all read through here.
 
 A prepared dataset is what ``data_pipeline.py`` writes for one symbol and interval (see ``datafeed.splits``):
-three split files and, written last, a manifest holding their sha256 hashes and its own ``manifest_hash``.
+three Parquet split files and, written last, a manifest holding their sha256 hashes and its own
+``manifest_hash``. A dataset prepared before the splits were Parquet (CSV split files, a manifest without
+``format``) is still read, the same way it always was, with the same hash checks; the next
+``data_pipeline.py`` run for it writes Parquet and removes the CSV files.
 Every read checks the manifest's hash and the split file's hash against it, so a split that was edited,
 truncated or left over from another run is refused with a :class:`~botcore.errors.DataError` that names the
 command to recreate it.
@@ -20,14 +23,16 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from botcore import paths
 from botcore.errors import DataError, UserError
 from botcore.markets import infer_market
-from datafeed.splits import SPLITS, complete_switch, dataset_lock, manifest_hash, switch_pending
+from datafeed.splits import SPLITS, complete_switch, dataset_lock, manifest_hash, read_parquet, switch_pending
 
 
 def data_command(symbol: str, interval: str) -> str:
@@ -83,10 +88,10 @@ def load_split(symbol: str, interval: str, split: str, manifest: dict[str, Any] 
     """
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; use train, val or test")
-    path = paths.split_path(symbol, interval, split)
     with _reading(symbol, interval):
         opened = manifest
         manifest = manifest if manifest is not None else _read_manifest(symbol, interval)
+        path = split_file(symbol, interval, split, manifest)
         if not path.is_file():
             raise DataError(f"no prepared dataset for {symbol} {interval} ({_relative(path)} is missing); "
                             f"make it with: {data_command(symbol, interval)}")
@@ -101,11 +106,27 @@ def load_split(symbol: str, interval: str, split: str, manifest: dict[str, Any] 
             raise DataError(f"{path}: does not match its manifest (changed since it was written); "
                             f"recreate it with: {data_command(symbol, interval)}")
     try:
+        if _format(manifest) == "parquet":
+            frame = read_parquet(content)
+            stamps = pd.DatetimeIndex(frame.index)
+            frame.index = (stamps.tz_convert("UTC").tz_localize(None) if stamps.tz is not None else stamps).rename(
+                "timestamp")
+            return frame
         frame = pd.read_csv(io.BytesIO(content), index_col="timestamp", parse_dates=["timestamp"])
-    except (ValueError, pd.errors.ParserError) as exc:
+    except (ValueError, TypeError, OSError, pa.ArrowException, pd.errors.ParserError) as exc:
         raise DataError(f"{path}: unreadable ({exc}); recreate it with: {data_command(symbol, interval)}") from exc
-    frame.index = pd.DatetimeIndex(frame.index, name="timestamp")
+    frame.index = pd.DatetimeIndex(frame.index, name="timestamp").as_unit("us")
     return frame
+
+
+def _format(manifest: dict[str, Any]) -> str:
+    """``parquet``; ``csv`` for a dataset prepared before the split files were Parquet (no ``format`` key)."""
+    return "parquet" if manifest.get("format") == "parquet" else "csv"
+
+
+def split_file(symbol: str, interval: str, split: str, manifest: dict[str, Any]) -> Path:
+    """The file holding one split of the dataset ``manifest`` describes (Parquet, or CSV for an older one)."""
+    return paths.split_path(symbol, interval, split, _format(manifest))
 
 
 def _replaced_since(symbol: str, interval: str, opened: dict[str, Any]) -> bool:
@@ -136,6 +157,10 @@ class Dataset:
 
     def split(self, name: str) -> pd.DataFrame:
         return load_split(self.symbol, self.interval, name, self.manifest)
+
+    def split_file(self, name: str) -> Path:
+        """The file of split ``name`` (for reports; read it with :meth:`split`, which checks its hash)."""
+        return split_file(self.symbol, self.interval, name, self.manifest)
 
     @property
     def market(self) -> str:

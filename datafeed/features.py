@@ -8,15 +8,17 @@ full, are NaN here and dropped by the splitter (ta fills ATR's and ADX's warm-up
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 from ta.momentum import RSIIndicator, StochasticOscillator
-from ta.trend import MACD, ADXIndicator, CCIIndicator
-from ta.volatility import AverageTrueRange, BollingerBands
+from ta.trend import MACD
+from ta.volatility import BollingerBands
 from ta.volume import OnBalanceVolumeIndicator
 
 from botcore.markets import is_intraday
+from datafeed.indicators import ADX, average_true_range, commodity_channel_index
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,8 @@ ROLL = 20  # window of the rolling return statistics, volume z-score and OBV flo
 WINDOWS = {"rsi": 14, "macd": 26 + 9, "bollinger": 20, "atr": 14, "obv": ROLL + 1, "stochastic": 14 + 3,
            "adx": 2 * 14, "cci": 20, "ma_ratios": 50}
 BASE_WINDOW = ROLL + 1
+TOD_HARMONICS = (2, 4, 8)
+"""Intraday: harmonics k of the time of day (``f_tod_sin_k``, ``f_tod_cos_k``) besides the daily cycle."""
 
 
 def feature_window(indicators: list[str] | tuple[str, ...]) -> int:
@@ -39,10 +43,26 @@ def compute_features(df: pd.DataFrame, interval: str, indicators: list[str] | tu
     """Feature columns named ``f_*`` for a clean OHLCV frame (same index; NaN in warm-up rows).
 
     :param df: clean OHLCV (see :func:`datafeed.clean.clean_ohlcv`).
-    :param interval: bar interval; intraday data gets the time of day as ``f_tod_sin`` / ``f_tod_cos``.
+    :param interval: bar interval; intraday data gets the time of day as ``f_tod_sin`` / ``f_tod_cos``
+        and their :data:`TOD_HARMONICS`.
     :param indicators: which of :data:`INDICATORS` to compute.
     :param use_volume: False drops the volume features (OBV, volume z-score) for data without volume.
     """
+    return pd.DataFrame(feature_arrays(df, interval, indicators, use_volume), index=df.index, copy=False)
+
+
+def feature_arrays(df: pd.DataFrame, interval: str, indicators: list[str] | tuple[str, ...] = INDICATORS,
+                   use_volume: bool = True) -> dict[str, np.ndarray]:
+    """The columns of :func:`compute_features` as float64 arrays the caller owns (and may change in place);
+    infinities are NaN."""
+    return dict(iter_feature_columns(df, interval, indicators, use_volume))
+
+
+def iter_feature_columns(df: pd.DataFrame, interval: str, indicators: list[str] | tuple[str, ...] = INDICATORS,
+                         use_volume: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+    """``(name, values)`` of each feature column in order, handed over group by group (the returns, each
+    indicator, the time of day), so a caller that stores them away (the splitter spills a long history to
+    disk) never holds more than one group in memory. ``values`` is a float64 array the caller owns."""
     unknown = sorted(set(indicators) - set(INDICATORS))
     if unknown:
         raise ValueError(f"unknown indicator(s) {unknown}; known: {', '.join(INDICATORS)}")
@@ -51,55 +71,86 @@ def compute_features(df: pd.DataFrame, interval: str, indicators: list[str] | tu
     log_ret = np.log(close).diff()
     for lag in range(RETURN_LAGS):
         f[f"f_ret_{lag + 1}"] = log_ret.shift(lag)
+    yield from _hand_over(f, df)
     f[f"f_ret_mean_{ROLL}"] = log_ret.rolling(ROLL).mean()
     f[f"f_ret_std_{ROLL}"] = log_ret.rolling(ROLL).std()
     f[f"f_ret_skew_{ROLL}"] = log_ret.rolling(ROLL).skew()
     f["f_hl_range"] = (high - low) / close
     f["f_gap"] = df["open"] / close.shift(1) - 1.0
+    del log_ret
     if use_volume:
         log_vol = np.log1p(volume)
         f[f"f_volume_z_{ROLL}"] = (log_vol - log_vol.rolling(ROLL).mean()) / log_vol.rolling(ROLL).std()
+    yield from _hand_over(f, df)
+    for name in INDICATORS:  # in a fixed order, whatever the order of ``indicators``
+        if name in indicators:
+            f.update(_indicator(name, df, use_volume))
+            yield from _hand_over(f, df)
+    if is_intraday(interval):
+        minutes = (df.index.hour * 60 + df.index.minute).to_numpy()
+        f["f_tod_sin"] = pd.Series(np.sin(2 * np.pi * minutes / 1440.0), index=df.index)
+        f["f_tod_cos"] = pd.Series(np.cos(2 * np.pi * minutes / 1440.0), index=df.index)
+        # Harmonics of the day (periods 12, 6 and 3 hours): a 6.5-hour session spans a quarter of the 24-hour
+        # circle, where sin/cos are nearly monotone, so an effect that changes sign within the session would
+        # need a sharp non-linear fit of two inputs; with harmonics it is close to linear in the features.
+        for k in TOD_HARMONICS:
+            f[f"f_tod_sin_{k}"] = pd.Series(np.sin(2 * np.pi * k * minutes / 1440.0), index=df.index)
+            f[f"f_tod_cos_{k}"] = pd.Series(np.cos(2 * np.pi * k * minutes / 1440.0), index=df.index)
+    yield from _hand_over(f, df)
 
-    if "rsi" in indicators:
+
+def _hand_over(f: dict[str, pd.Series], df: pd.DataFrame) -> Iterator[tuple[str, np.ndarray]]:
+    """Empty ``f`` into ``(name, float64 array)`` pairs, one at a time (the Series and its copy overlap one
+    column long), aligned on ``df``'s index, infinities as NaN."""
+    for name in list(f):
+        series = f.pop(name)
+        if isinstance(series, pd.Series) and series.index is not df.index and not series.index.equals(df.index):
+            series = series.reindex(df.index)
+        values = np.array(series, dtype="float64")  # a copy: never a view of another column or of df
+        del series
+        values[np.isinf(values)] = np.nan
+        yield name, values
+
+
+def _indicator(name: str, df: pd.DataFrame, use_volume: bool) -> dict[str, pd.Series]:
+    """The columns of one indicator (its intermediate series are freed when this returns). ATR, ADX and CCI
+    come from :mod:`datafeed.indicators`, proven equal to ta's (ta's own Python loops are the slow part)."""
+    high, low, close, volume = df["high"], df["low"], df["close"], df["volume"]
+    f: dict[str, pd.Series] = {}
+    if name == "rsi":
         f["f_rsi_14"] = RSIIndicator(close, 14).rsi() / 100.0
-    if "macd" in indicators:
+    elif name == "macd":
         macd = MACD(close, window_slow=26, window_fast=12, window_sign=9)
         f["f_macd"] = macd.macd() / close
         f["f_macd_signal"] = macd.macd_signal() / close
         f["f_macd_hist"] = macd.macd_diff() / close
-    if "bollinger" in indicators:
+    elif name == "bollinger":
         bands = BollingerBands(close, window=20, window_dev=2)
         f["f_bb_pctb"] = bands.bollinger_pband()
         f["f_bb_width"] = bands.bollinger_wband() / 100.0
-    if "atr" in indicators:
-        atr = AverageTrueRange(high, low, close, window=14).average_true_range()
+    elif name == "atr":
+        atr = average_true_range(high, low, close, window=14)
         f["f_atr_14"] = _mask_head(atr, 14 - 1) / close
-    if "obv" in indicators and use_volume:
+    elif name == "obv" and use_volume:
         obv = OnBalanceVolumeIndicator(close, volume).on_balance_volume()
         f[f"f_obv_flow_{ROLL}"] = obv.diff(ROLL) / volume.rolling(ROLL).sum()
-    if "stochastic" in indicators:
+    elif name == "stochastic":
         stoch = StochasticOscillator(high, low, close, window=14, smooth_window=3)
         f["f_stoch_k"] = stoch.stoch() / 100.0
         f["f_stoch_d"] = stoch.stoch_signal() / 100.0
-    if "adx" in indicators:
-        adx = ADXIndicator(high, low, close, window=14)
+    elif name == "adx":
+        adx = ADX(high, low, close, window=14)
         f["f_adx_14"] = _mask_head(adx.adx(), 2 * 14 - 1) / 100.0
         f["f_di_diff_14"] = _mask_head(adx.adx_pos() - adx.adx_neg(), 2 * 14 - 1) / 100.0
-    if "cci" in indicators:
-        f["f_cci_20"] = CCIIndicator(high, low, close, window=20).cci() / 100.0
-    if "ma_ratios" in indicators:
+    elif name == "cci":
+        f["f_cci_20"] = commodity_channel_index(high, low, close, window=20) / 100.0
+    elif name == "ma_ratios":
         sma10, sma50 = close.rolling(10).mean(), close.rolling(50).mean()
         f["f_close_sma_10"] = close / sma10 - 1.0
         f["f_close_sma_50"] = close / sma50 - 1.0
         f["f_close_ema_20"] = close / close.ewm(span=20, min_periods=20, adjust=False).mean() - 1.0
         f["f_sma_10_50"] = sma10 / sma50 - 1.0
-    if is_intraday(interval):
-        minutes = (df.index.hour * 60 + df.index.minute).to_numpy()
-        f["f_tod_sin"] = pd.Series(np.sin(2 * np.pi * minutes / 1440.0), index=df.index)
-        f["f_tod_cos"] = pd.Series(np.cos(2 * np.pi * minutes / 1440.0), index=df.index)
-
-    features = pd.DataFrame({name: pd.Series(s, index=df.index).astype("float64") for name, s in f.items()})
-    return features.replace([np.inf, -np.inf], np.nan)
+    return f
 
 
 def _mask_head(series: pd.Series, rows: int) -> pd.Series:
@@ -114,10 +165,38 @@ def fill_interior_gaps(features: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
 
     :return: features without NaN, the number of warm-up rows dropped, the number of cells filled.
     """
-    complete = features.notna().all(axis=1).to_numpy()
+    columns = {name: features[name].to_numpy(dtype="float64", copy=True) for name in features.columns}
+    first, holes = fill_gaps_in_place(columns)
+    body = pd.DataFrame({name: values[first:] for name, values in columns.items()}, index=features.index[first:],
+                        columns=features.columns, copy=False)
+    return body, first, holes
+
+
+def fill_gaps_in_place(columns: dict[str, np.ndarray]) -> tuple[int, int]:
+    """:func:`fill_interior_gaps` on equally long arrays, changed in place (the rows before the first complete
+    row are left as they are: the caller drops them).
+
+    :return: the index of the first row without NaN (the length when there is none), the number of cells filled.
+    """
+    length = len(next(iter(columns.values()))) if columns else 0
+    complete = np.ones(length, dtype=bool)
+    for values in columns.values():
+        complete &= ~np.isnan(values)
     if not complete.any():
-        return features.iloc[0:0], len(features), 0
+        return length, 0
     first = int(np.argmax(complete))
-    body = features.iloc[first:]
-    holes = int(body.isna().to_numpy().sum())
-    return body.ffill(), first, holes
+    return first, sum(fill_forward(values[first:]) for values in columns.values())
+
+
+def fill_forward(values: np.ndarray) -> int:
+    """Carry the last value into each NaN of ``values`` (in place; the first value must not be NaN).
+
+    :return: the number of cells filled.
+    """
+    missing = np.isnan(values)
+    count = int(missing.sum())
+    if count:  # each NaN takes the value of the last row before it that has one
+        source = np.where(missing, 0, np.arange(len(values)))
+        np.maximum.accumulate(source, out=source)
+        values[:] = values[source]
+    return count

@@ -21,7 +21,7 @@ from botcore.errors import DataError
 from datafeed.dataset import Dataset
 from datafeed.features import compute_features, fill_interior_gaps
 from datafeed.sources import OHLCV
-from datafeed.splits import CLIP, DECIMALS, SPLITS
+from datafeed.splits import CLIP, DECIMALS, SPLITS, zscore_in_place
 
 
 @dataclass
@@ -79,7 +79,10 @@ def fit_zscore(features: pd.DataFrame) -> dict[str, Any]:
 def apply_zscore(features: pd.DataFrame, params: Mapping[str, Any]) -> pd.DataFrame:
     """``clip((x - mean) / std, -clip, clip)`` rounded as the split files are, with ``params`` from
     :func:`fit_zscore` (fitted on another, earlier window)."""
-    cols = list(features.columns)
-    mean = pd.Series(params["mean"])[cols]
-    std = pd.Series(params["std"])[cols]
-    return ((features - mean) / std).clip(-params["clip"], params["clip"]).round(params["decimals"])
+    out = {}
+    for name in features.columns:
+        values = features[name].to_numpy(dtype="float64", copy=True)
+        zscore_in_place(values, float(params["mean"][name]), float(params["std"][name]), float(params["clip"]),
+                        int(params["decimals"]))
+        out[name] = values
+    return pd.DataFrame(out, index=features.index, columns=features.columns, copy=False)

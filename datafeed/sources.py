@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from botcore import paths
 from botcore.atomic import atomic_path, atomic_write_json
@@ -92,26 +94,17 @@ def load_csv(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     seconds/milliseconds; naive times are taken as UTC, and a file must not mix naive times with times that
     carry an offset. Prices and volumes must be finite numbers (``inf`` is refused; empty cells are missing
     values, repaired or dropped by cleaning). Errors name the file, the line and the column.
+
+    Speed: a file whose numbers are all plain finite numbers (no empty cells, nothing odd) is read in one pass
+    with the numbers parsed by pandas' C reader (:func:`_read_typed`); any other file is read as text and
+    checked cell by cell, which is what names the bad line and column. Both give the same frame.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: not a readable CSV file ({str(exc).strip().splitlines()[0]})") from exc
-    columns = {_canonical(c): c for c in raw.columns}
-    found: dict[str, str] = {}
-    for role, names in _ALIASES.items():
-        for name in names:
-            if name in columns and columns[name] not in found.values():
-                found[role] = columns[name]
-                break
-    missing = [r for r in ("timestamp", "open", "high", "low", "close") if r not in found]
-    if missing:
-        found_names = ", ".join(c if c.isprintable() else repr(c) for c in map(str, raw.columns))
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {found_names} "
-                        "(expected Date/Datetime/Time/Timestamp, Open, High, Low, Close, optional Adj Close, Volume)")
+    typed = _read_typed(path)
+    raw = typed if typed is not None else _read_text(path)
+    found, columns = _find_columns(raw, path)
     if raw.empty:
         raise DataError(f"{path}: has a header but no rows")
     date_text = raw[found["timestamp"]].str.strip()
@@ -119,12 +112,16 @@ def load_csv(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     if _canonical(date_column) == "date" and "time" in columns and columns["time"] != date_column:
         date_text = date_text + " " + raw[columns["time"]].str.strip()
         date_column = f"{date_column}+{columns['time']}"
+    numbers: dict[str, np.ndarray] = {}
+    if typed is not None:  # already numbers, checked: the text of the file can go before the dates are read
+        numbers = {role: raw[found[role]].to_numpy(dtype="float64") for role in _NUMBER_ROLES if role in found}
+        del raw, typed
     index, date_format = _parse_dates(date_text, path, date_column)
-
-    frame = pd.DataFrame(index=index)
-    for role in ("open", "high", "low", "close", "adj_close", "volume"):
-        if role in found:
-            frame[role] = _parse_numbers(raw[found[role]], path, found[role]).to_numpy()
+    del date_text
+    if not numbers:  # the careful reading: after the dates, so a bad date is reported first, as always
+        numbers = {role: _parse_numbers(raw[found[role]], path, found[role]).to_numpy(dtype="float64")
+                   for role in _NUMBER_ROLES if role in found}
+    frame = pd.DataFrame(numbers, index=index, copy=False)
     if "volume" not in frame:
         frame["volume"] = 0.0
     adjusted = False
@@ -147,53 +144,180 @@ def load_csv(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return frame[OHLCV].astype("float64"), info
 
 
+_READ_OPTIONS: dict[str, Any] = {"keep_default_na": False, "skipinitialspace": True}
+
+
+def _read_text(path: Path) -> pd.DataFrame:
+    """Every cell as text (the careful reading: each cell is then checked, and an error names it)."""
+    try:
+        return pd.read_csv(path, dtype=str, **_READ_OPTIONS)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path}: not a readable CSV file ({str(exc).strip().splitlines()[0]})") from exc
+
+
+def _find_columns(raw: pd.DataFrame, path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """The column of each role (``timestamp``, ``open``, ...) and every column by its canonical name."""
+    columns = {_canonical(c): c for c in raw.columns}
+    found: dict[str, str] = {}
+    for role, names in _ALIASES.items():
+        for name in names:
+            if name in columns and columns[name] not in found.values():
+                found[role] = columns[name]
+                break
+    missing = [r for r in ("timestamp", "open", "high", "low", "close") if r not in found]
+    if missing:
+        found_names = ", ".join(c if c.isprintable() else repr(c) for c in map(str, raw.columns))
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {found_names} "
+                        "(expected Date/Datetime/Time/Timestamp, Open, High, Low, Close, optional Adj Close, Volume)")
+    return found, columns
+
+
+_NUMBER_ROLES = ("open", "high", "low", "close", "adj_close", "volume")
+_EXACT_INTEGERS = 2.0**53  # below this, a whole number parses to the same float by every route
+
+
+def _read_typed(path: Path) -> pd.DataFrame | None:
+    """The file read once with its number columns parsed as float64 by pandas' C reader; None when the file
+    needs the careful reading (:func:`_read_text`), which then decides what is read or what is wrong.
+
+    The C reader converts a number with the same routine (``precise_xstrtod``) that ``pd.to_numeric`` uses
+    on the text, so a plain number gives the same float either way. Anything where the two routes could part
+    is sent to the careful reading: a cell that is not a number, an empty or missing cell (NaN), infinities,
+    ``-0``, whole numbers beyond 2**53, a row the header does not describe.
+    """
+    try:
+        header = pd.read_csv(path, dtype=str, nrows=0, **_READ_OPTIONS)
+        found, _ = _find_columns(header, path)
+        names = list(header.columns)
+        numbers = [found[role] for role in _NUMBER_ROLES if role in found]
+        if len(set(names)) != len(names):
+            return None
+        # Only the number columns get a dtype: naming ``str`` for the others costs pandas a slow conversion,
+        # and text columns come out as ``str`` anyway (checked below; the careful reading takes the others).
+        # One thread: pandas' parallel reader holds every chunk twice (half the peak memory of a big file).
+        with pd.option_context("mode.max_threads", 1):
+            frame = pd.read_csv(path, dtype=dict.fromkeys(numbers, "float64"), **_READ_OPTIONS)
+    except (ValueError, TypeError, OverflowError, DataError, UnicodeDecodeError, pd.errors.ParserError,
+            pd.errors.EmptyDataError):
+        return None
+    if list(frame.columns) != names or not isinstance(frame.index, pd.RangeIndex) or frame.empty:
+        return None
+    if any(frame[name].dtype != header[name].dtype for name in names if name not in numbers):
+        return None  # e.g. Unix times, read as numbers: the careful reading keeps them as the text they were
+    for name in numbers:
+        values = frame[name].to_numpy()
+        if values.dtype != np.float64 or not (np.abs(values) < _EXACT_INTEGERS).all():  # NaN and inf fail here
+            return None
+        if np.signbit(values[values == 0]).any():
+            return None
+    return frame
+
+
+_SAMPLE_ROWS = 1000
+"""Dates: the candidate formats are tried on this many rows (the first half and an even spread); the column is
+then parsed with each format that read the whole sample: once, in a file of one format."""
+_HEAD_ROWS = 20
+
+
+def _date_sample(text: pd.Series) -> pd.Series:
+    n = len(text)
+    if n <= _SAMPLE_ROWS:
+        return text
+    rows = np.unique(np.concatenate([np.arange(_SAMPLE_ROWS // 2),
+                                     np.linspace(0, n - 1, _SAMPLE_ROWS // 2).astype(np.int64)]))
+    return text.iloc[rows]
+
+
+def _to_datetime(text: pd.Series, fmt: str) -> pd.Series | None:
+    try:
+        return pd.to_datetime(text, format=fmt, errors="coerce", utc=True)
+    except (ValueError, TypeError):
+        return None
+
+
 def _parse_dates(text: pd.Series, path: Path, column: str) -> tuple[pd.DatetimeIndex, str]:
-    numeric = pd.to_numeric(text, errors="coerce")
-    if numeric.notna().all() and numeric.min() > 1e8 and not text.str.fullmatch(r"\d{8}").all():
-        unit = "ms" if numeric.max() > 1e11 else "s"
-        stamps = pd.to_datetime(numeric.where(np.isfinite(numeric)), unit=unit, errors="coerce")
-        if stamps.isna().any():
-            row = int(np.flatnonzero(stamps.isna().to_numpy())[0])
-            raise DataError(f"{path}: line {row + 2}, column {column!r}: {text.iloc[row]!r} is not a Unix time "
-                            "between 1677 and 2262 (use seconds or milliseconds since 1970, or YYYY-MM-DD dates)")
-        return pd.DatetimeIndex(stamps), f"unix-{unit}"
+    """Unix times, or the first of :data:`_DATE_FORMATS` that reads every row (day-first and month-first both
+    fitting: the reading whose dates run forward most often).
+
+    The formats are tried on a sample first; only those that read all of it are tried on the whole column
+    (usually one), which is the rule applied to the whole column: a format that fails on a sampled row fails
+    on the column. A column no format reads completely is searched as a whole, to name the first bad line.
+    """
+    sample = _date_sample(text)
+    if pd.to_numeric(sample, errors="coerce").notna().all():  # else some row is not a number: not Unix times
+        numeric = pd.to_numeric(text, errors="coerce")
+        if numeric.notna().all() and numeric.min() > 1e8 and not text.str.fullmatch(r"\d{8}").all():
+            unit = "ms" if numeric.max() > 1e11 else "s"
+            stamps = pd.to_datetime(numeric.where(np.isfinite(numeric)), unit=unit, errors="coerce")
+            if stamps.isna().any():
+                row = int(np.flatnonzero(stamps.isna().to_numpy())[0])
+                raise DataError(f"{path}: line {row + 2}, column {column!r}: {text.iloc[row]!r} is not a Unix time "
+                                "between 1677 and 2262 (use seconds or milliseconds since 1970, or YYYY-MM-DD dates)")
+            return pd.DatetimeIndex(stamps), f"unix-{unit}"
     _refuse_mixed_offsets(text, path, column)
+    sampled = len(sample) < len(text)
+    head = text.iloc[:_HEAD_ROWS]
     complete: list[tuple[str, pd.Series]] = []
-    best: tuple[int, str, pd.Series] | None = None
     for fmt in _DATE_FORMATS:
-        try:
-            parsed = pd.to_datetime(text, format=fmt, errors="coerce", utc=True)
-        except (ValueError, TypeError):
-            continue
-        bad = int(parsed.isna().sum())
-        if bad == 0:
+        parsed = _to_datetime(head, fmt) if sampled else None  # most formats fail on the first rows, cheaply
+        if parsed is None or not parsed.isna().any():
+            parsed = _to_datetime(sample, fmt)
+        if parsed is not None and parsed.isna().any():
+            continue  # it cannot read a sampled row, so it cannot read the column
+        if sampled:
+            parsed = _to_datetime(text, fmt)
+        if parsed is not None and not parsed.isna().any():
             complete.append((fmt, parsed))
-        elif best is None or bad < best[0]:
-            best = (bad, fmt, parsed)
     if not complete:
-        parsed = best[2] if best is not None else pd.Series(pd.NaT, index=text.index)
-        row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-        raise DataError(f"{path}: line {row + 2}, column {column!r}: cannot read the date {text.iloc[row]!r} "
-                        "(use YYYY-MM-DD or YYYY-MM-DD HH:MM:SS, optionally with a UTC offset)")
+        _refuse_unreadable_dates(text, path, column)
     # Day-first and month-first can both fit; keep the reading whose dates run forward most often.
-    fmt, parsed = max(complete, key=lambda c: int((c[1].diff().dt.total_seconds() > 0).sum()))
+    fmt, parsed = complete[0] if len(complete) == 1 else max(
+        complete, key=lambda c: int((c[1].diff().dt.total_seconds() > 0).sum()))
     return pd.DatetimeIndex(parsed.dt.tz_convert("UTC").dt.tz_localize(None)), fmt
+
+
+def _refuse_unreadable_dates(text: pd.Series, path: Path, column: str) -> None:
+    """No format reads every row: name the first row the best format (fewest unread rows) cannot read."""
+    best: tuple[int, pd.Series] | None = None
+    for fmt in _DATE_FORMATS:
+        parsed = _to_datetime(text, fmt)
+        if parsed is not None and (best is None or int(parsed.isna().sum()) < best[0]):
+            best = (int(parsed.isna().sum()), parsed)
+    parsed = best[1] if best is not None else pd.Series(pd.NaT, index=text.index)
+    row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+    raise DataError(f"{path}: line {row + 2}, column {column!r}: cannot read the date {text.iloc[row]!r} "
+                    "(use YYYY-MM-DD or YYYY-MM-DD HH:MM:SS, optionally with a UTC offset)")
 
 
 # A time followed by a UTC offset or Z: "10:00:00+05:00", "10:00+0500", "10:00:00.5 -05", "10:00:00Z".
 _OFFSET_RE = r"\d:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)$"
+# The same for RE2 (pyarrow) on ASCII text, with Python's meaning of \d and \s spelled out.
+_OFFSET_RE_ASCII = _OFFSET_RE.replace(r"\d", "[0-9]").replace(r"\s", "[ \\t\\n\\r\\f\\v]")
 
 
 def _refuse_mixed_offsets(text: pd.Series, path: Path, column: str) -> None:
     """Naive times are read as UTC; next to times with an offset they are almost surely local times, and
     reading them as UTC would shift and duplicate bars. Refuse the mix rather than guess."""
-    aware = text.str.contains(_OFFSET_RE, regex=True, na=False).to_numpy(dtype=bool)
+    aware = _has_offset(text)
     naive = ~aware & (text.fillna("").str.len() > 0).to_numpy(dtype=bool)  # an empty date is another error
     if aware.any() and naive.any():
         with_offset, without = int(np.flatnonzero(aware)[0]), int(np.flatnonzero(naive)[0])
         raise DataError(f"{path}: column {column!r} mixes times with a UTC offset (line {with_offset + 2}: "
                         f"{text.iloc[with_offset]!r}) and times without one (line {without + 2}: "
                         f"{text.iloc[without]!r}); give every time an offset, or none (naive times are read as UTC)")
+
+
+def _has_offset(text: pd.Series) -> np.ndarray:
+    """Which rows end in a UTC offset: RE2 over Arrow strings when the column is ASCII (a million rows in
+    milliseconds), Python's ``re`` otherwise."""
+    try:
+        strings = pa.array(text.array) if isinstance(text.dtype, pd.StringDtype) else None
+    except (pa.ArrowException, TypeError, ValueError):
+        strings = None
+    if strings is not None and pc.all(pc.string_is_ascii(strings)).as_py() is not False:
+        matched = pc.match_substring_regex(strings, _OFFSET_RE_ASCII).fill_null(False)
+        return matched.to_numpy(zero_copy_only=False).astype(bool)
+    return text.str.contains(_OFFSET_RE, regex=True, na=False).to_numpy(dtype=bool)
 
 
 _MISSING = ("", "null", "NaN", "nan", "NA")

@@ -27,13 +27,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from gymnasium import spaces
 
 from botcore.atomic import atomic_path, to_jsonable
 from botcore.errors import ModelFileError, UserError
 from deepscalper.config import DeepScalperConfig
-from deepscalper.networks import DeepScalperNet
+from deepscalper.networks import DeepScalperNet, SplitForward
 from deepscalper.replay import PrioritizedReplayBuffer, ReplayBuffer
 
 logger = logging.getLogger(__name__)
@@ -66,6 +65,23 @@ def _env_spaces(env: Any) -> dict[str, Any]:
     return {"obs_dim": obs_dim, "nvec": [int(n) for n in env.action_space.nvec], "window": window,
             "n_features": n_features, "n_private": n_private,
             "quantity_levels": None if levels is None else [float(q) for q in levels]}
+
+
+def quantity_targets(levels: Any, max_target: float) -> list[float]:
+    """The positions a target quantity branch chooses from: the env's order levels (fractions of the position
+    limit) no larger than ``max_target``, sorted (at least the smallest non-zero level and its sign mirror).
+
+    Targets ON the order grid can be reached exactly by one order from any other target on it, so every
+    sub-action means one position whatever the current one. (Targets between grid points, e.g. a quarter of the
+    limit with orders of halves, cannot be reached: which order they send then depends on a rounding rule and
+    on the position's drift with the price, so one sub-action meant "open half" when flat and "close" when long.)
+    Default levels (-1, -0.5, 0, 0.5, 1) and ``max_target`` 0.5 give (-0.5, 0, 0.5): short, flat, long, and
+    from long to short is one order of -1.
+    """
+    values = sorted({float(q) for q in levels})
+    nonzero = [abs(q) for q in values if q != 0.0]
+    bound = max(float(max_target), min(nonzero) if nonzero else 0.0) + 1e-9
+    return [q for q in values if abs(q) <= bound]
 
 
 def _gen_state(gen: np.random.Generator) -> dict[str, Any]:
@@ -156,11 +172,15 @@ def deepscalper_loss(q_net: DeepScalperNet, q_target: DeepScalperNet, *, obs: to
     loss_q = (weights * td.pow(2)).mean()
     # 4. auxiliary volatility loss, L = L_q + eta * L_vol
     loss, loss_vol = loss_q, None
-    known = torch.isfinite(vol_targets)
-    if aux_weight > 0 and bool(known.any()):
-        loss_vol = F.mse_loss(vol_pred[known], vol_targets[known])
-        loss = loss_q + aux_weight * loss_vol
-        loss_vol = loss_vol.detach()
+    if aux_weight > 0:
+        known = torch.isfinite(vol_targets)
+        n_known = int(known.sum())
+        if n_known:
+            # masked rather than indexed (no data-dependent shapes); an unknown target contributes 0, no NaN
+            error = torch.where(known, vol_pred - torch.nan_to_num(vol_targets), 0.0)
+            loss_vol = error.pow(2).sum() / n_known
+            loss = loss_q + aux_weight * loss_vol
+            loss_vol = loss_vol.detach()
     # 5. new priorities
     priorities = td.detach().abs().mean(dim=0)
     return LossTerms(loss=loss, loss_q=loss_q.detach(), loss_vol=loss_vol, q_taken=q_taken.detach(),
@@ -205,16 +225,15 @@ class DeepScalper:
 
     # --- construction -------------------------------------------------------------------------------
 
-    def _build(self, env_spaces: dict[str, Any]) -> None:
+    def _build(self, env_spaces: dict[str, Any], targets: list[float] | None = None) -> None:
+        """Networks, optimizer and counters for this env layout; ``targets`` the quantity branch's saved targets
+        (None: :func:`quantity_targets` of the env's levels)."""
         cfg = self.config
         self.seed = cfg.seed
         self._rng = np.random.default_rng(cfg.seed)
         self.spaces = env_spaces
+        # the agent's own sub-actions per branch: the env's, except a target quantity branch (its targets)
         self.nvec = np.asarray(env_spaces["nvec"], dtype=np.int64)
-        self.branch_sizes = [int(np.prod(self.nvec))] if cfg.single_branch else [int(n) for n in self.nvec]
-        self.device = torch.device(cfg.device)
-        net_args = (env_spaces["window"], env_spaces["n_features"], env_spaces["n_private"], self.branch_sizes,
-                    cfg.hidden_size, cfg.rnn, cfg.micro_window, cfg.macro_window, cfg.time_left_input)
         self._targets: np.ndarray | None = None
         if cfg.quantity_branch == "target":
             levels = env_spaces.get("quantity_levels")
@@ -222,7 +241,13 @@ class DeepScalper:
                 raise UserError("quantity_branch 'target' needs the env's quantity_levels (a TradingEnv in "
                                 "multidiscrete mode); use quantity_branch 'order' for other envs")
             self._levels = np.asarray(levels, dtype=np.float64)
-            self._targets = self._levels * (cfg.max_target / max(1e-12, float(np.abs(self._levels).max())))
+            self._targets = np.asarray(quantity_targets(levels, cfg.max_target) if targets is None else targets,
+                                       dtype=np.float64)
+            self.nvec = np.r_[self.nvec[:-1], len(self._targets)].astype(np.int64)
+        self.branch_sizes = [int(np.prod(self.nvec))] if cfg.single_branch else [int(n) for n in self.nvec]
+        self.device = torch.device(cfg.device)
+        net_args = (env_spaces["window"], env_spaces["n_features"], env_spaces["n_private"], self.branch_sizes,
+                    cfg.hidden_size, cfg.rnn, cfg.micro_window, cfg.macro_window, cfg.time_left_input)
         self._position_cell = env_spaces["window"] * env_spaces["n_features"]  # TradingEnv: private[0] = position
         self.q_net = DeepScalperNet(*net_args).to(self.device)
         self.q_target = DeepScalperNet(*net_args).to(self.device)
@@ -272,12 +297,11 @@ class DeepScalper:
         """The env's (price offset, signed order size) actions for the agent's branch actions (B, len(nvec)).
 
         With ``quantity_branch = "order"`` they are the same. With ``"target"`` the quantity branch names the
-        position to hold, T_j = q_j * max_target / max|q| (q_j the env's quantity levels, as fractions of the
-        position limit); the order sent is the quantity level nearest to ``T_j - position`` (the observation's
-        position cell; on a tie the larger order), so no order when the position is already within a quarter of
-        a level step of the target. With
-        ``max_target = 0.5`` and levels up to 1, a reversal from the largest long to the largest short is one
-        order.
+        position to hold, T_j (:func:`quantity_targets`: the env's quantity levels up to ``max_target``, as
+        fractions of the position limit); the order sent is the quantity level nearest to ``T_j - position``
+        (the observation's position cell, which drifts off the grid with the price; on a tie the larger order),
+        so no order while the position is within half a level step of the target. With ``max_target = 0.5``
+        and levels up to 1, a reversal from the largest long to the largest short is one order.
         """
         if self._targets is None:
             return actions
@@ -318,6 +342,38 @@ class DeepScalper:
                 actions[explore] = self._rng.integers(0, self.nvec, size=(int(explore.sum()), len(self.nvec)))
         actions = self._env_actions(batch, actions)
         return (actions[0] if single else actions), None
+
+    def split_policy(self, bars: np.ndarray, tie_tolerance: float = 1e-4) -> Callable[[int, np.ndarray], Any]:
+        """Greedy actions over a whole split with the market encoding computed once for every bar
+        (:class:`~deepscalper.networks.SplitForward`): ``act(t, obs)`` is ``predict(obs)[0]`` for the observation
+        ``obs`` of bar ``t``, or None when a branch's two best Q values lie within ``tie_tolerance * (1 +
+        max |Q|)`` of each other (the split sums may round differently from the network's float32 forward
+        there; the caller then asks :meth:`predict`, so the actions stay exactly the forward's).
+
+        :param bars: (n_bars, n_features) features of the split's bars, as the env's observations hold them.
+        """
+        split = SplitForward(self.q_net, bars)
+        n_private, single, nvec = self.spaces["n_private"], self.config.single_branch, self.nvec
+        bounds = split.bounds.tolist()
+
+        def act(t: int, obs: np.ndarray) -> Any:
+            q = split.q(t, obs[-n_private:]).tolist()
+            if not math.isfinite(sum(q)):  # an overflow in the split sums: let the network decide
+                return None
+            tol = tie_tolerance * (1.0 + max(abs(v) for v in q))
+            best = []
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                branch = q[lo:hi]
+                i = max(range(len(branch)), key=branch.__getitem__)
+                if len(branch) > 1 and branch[i] - max(branch[:i] + branch[i + 1:]) <= tol:
+                    return None
+                best.append(i)
+            if single:
+                best = [int(x) for x in np.unravel_index(best[0], nvec)]
+            actions = np.asarray([best], dtype=np.int64)
+            return (actions if self._targets is None else self._env_actions(obs.reshape(1, -1), actions))[0]
+
+        return act
 
     def q_values(self, observation: np.ndarray) -> list[np.ndarray]:
         """Per-branch Q values of a batch of observations (for inspection and tests)."""
@@ -403,7 +459,8 @@ class DeepScalper:
             discounts=tensor(batch.discounts),
             weights=tensor(batch.weights), vol_targets=tensor(batch.vol_targets / np.float32(self.vol_scale or 1.0)),
             aux_weight=aux_weight)
-        self.optimizer.zero_grad(set_to_none=True)
+        for p in self._params:  # what optimizer.zero_grad(set_to_none=True) does, without its profiler hooks
+            p.grad = None
         terms.loss.backward()
         torch.nn.utils.clip_grad_norm_(self._params, cfg.max_grad_norm, foreach=True)
         self.optimizer.step()
@@ -568,6 +625,7 @@ class DeepScalper:
                          "n_target_updates": self.n_target_updates, "episodes": self.episodes,
                          "planned_total": self._planned_total},
             "vol_scale": self.vol_scale, "reward_scale": self.reward_scale,
+            "quantity_targets": None if self._targets is None else self._targets.tolist(),
             "exploration_rate": self.exploration_rate,
             "env_seeded": self._env_seeded, "at_episode_boundary": self.at_episode_boundary,
             "rng": {"agent": _gen_state(self._rng), "python": [py_state[0], list(py_state[1]), py_state[2]],
@@ -625,8 +683,13 @@ class DeepScalper:
             config = DeepScalperConfig.from_dict({**saved, **({"device": device} if device else {})})
             agent = cls.__new__(cls)
             agent.config = config
+            targets = meta.get("quantity_targets")
+            if targets is None and config.quantity_branch == "target" and meta["spaces"].get("quantity_levels"):
+                # saved before the targets were recorded: the levels scaled to max_target (quarters between them)
+                levels = np.asarray(meta["spaces"]["quantity_levels"], dtype=np.float64)
+                targets = (levels * (config.max_target / max(1e-12, float(np.abs(levels).max())))).tolist()
             agent._build({"quantity_levels": None, **meta["spaces"],
-                          "nvec": [int(n) for n in meta["spaces"]["nvec"]]})
+                          "nvec": [int(n) for n in meta["spaces"]["nvec"]]}, targets)
             agent.env = None
             agent.q_net.load_state_dict(states["policy.pth"])
             agent.q_target.load_state_dict(states["target_policy.pth"])

@@ -78,12 +78,14 @@ class DeepScalperConfig:
     single_branch: bool = False
     """Ablation switch: one dueling head over the joint (price, quantity) actions instead of two branches."""
     quantity_branch: str = "target"
-    """What the quantity branch chooses: "target" = the position to hold (the env's quantity levels scaled to
-    at most ``max_target`` of the position limit; the agent sends the limit order that moves the position
-    there, as far as one order can), or "order" = the paper's signed order size, added to the position."""
+    """What the quantity branch chooses: "target" = the position to hold (the env's quantity levels up to
+    ``max_target`` of the position limit, so every target is one order away from every other; the agent sends
+    the limit order that moves the position there), or "order" = the paper's signed order size, added to the
+    position."""
     max_target: float = 0.5
-    """quantity_branch "target": the largest target, as a fraction of the position limit (0.5: one order of the
-    env's largest size reverses a position, long to short, in one bar)."""
+    """quantity_branch "target": the largest target, as a fraction of the position limit (0.5 with the default
+    levels: targets short, flat and long half the limit, and one order of the env's largest size reverses a
+    position, long to short, in one bar)."""
     # --- run settings (not in training_config.json) ---
     micro_window: int = 8
     """Most recent bars fed to the micro (recurrent) encoder; 0 = the whole window."""

@@ -48,9 +48,10 @@ class SumTree:
         nodes = np.asarray(indices, dtype=np.int64) + self.size
         tree = self.tree
         tree[nodes] = values
+        pairs = tree.reshape(-1, 2)  # a view: row k holds nodes 2k and 2k+1, the children of node k
         for _ in range(self.depth):  # a repeated parent gets the same (correct) sum twice
             nodes >>= 1
-            tree[nodes] = tree[2 * nodes] + tree[2 * nodes + 1]
+            tree[nodes] = pairs[nodes].sum(axis=1)
 
     def set_one(self, index: int, value: float) -> None:
         """Scalar fast path of ``update`` for one insertion per env step."""

@@ -1,6 +1,6 @@
 """Comparing models with baselines on one split: backtests, metrics, ranking, the recommendation, the report.
 
-Every model (default: every registered model of the symbol and interval, champions and challengers) and four
+The champions of the symbol and interval (one per model type; every run with ``all_runs``, plus any named) and four
 baselines (buy and hold, flat, moving-average crossover, seeded random) are backtested on the same split with
 the same costs. A model is recommended only when it beats the best baseline's Sharpe ratio AND its
 probabilistic Sharpe ratio exceeds the configured level; otherwise the recommendation says that no model shows
@@ -20,18 +20,26 @@ from typing import Any
 import numpy as np
 
 from agents import Registry, load_registered
+from agents.config import resolve_device
 from botcore import paths
 from botcore.atomic import atomic_write_json
 from botcore.errors import ModelFileError, UserError
-from botcore.markets import infer_market, periods_per_year
+from botcore.markets import infer_market, periods_per_year, resolve_costs
 from botcore.symbols import safe_name
 from datafeed.dataset import Dataset
 from datafeed.sources import generate_synthetic
 from datafeed.splits import prepare_splits
 from evaluation.backtest import evaluation_env_config, run_backtest
 from evaluation.baselines import make_baselines
+from evaluation.export import export_results
 from evaluation.metrics import METRIC_KEYS, compute_metrics
-from evaluation.report import benchmark_relative, drawdown_periods, monthly_heatmap_html, write_html_report
+from evaluation.report import (
+    benchmark_relative,
+    drawdown_periods,
+    monthly_heatmap_html,
+    write_html_report,
+    yearly_returns_html,
+)
 from evaluation.report import create_plots as draw
 from rl_env.data import MarketData
 
@@ -73,7 +81,7 @@ def load_market_data(symbol: str, cfg: dict[str, Any], synthetic: bool, seed: in
         frame = dataset.split(split)
         market = dataset.market
         source = {"source": dataset.manifest.get("source"), "manifest_hash": dataset.hash,
-                  "data_file": str(paths.split_path(symbol, interval, split))}
+                  "data_file": str(dataset.split_file(split))}
     data = MarketData.from_frame(frame, symbol=symbol, interval=interval)
     stamp_format = "%Y-%m-%d" if interval == "1d" else "%Y-%m-%d %H:%M:%S"
     info = {"market": market, "periods_per_year": periods_per_year(interval, market),
@@ -85,14 +93,20 @@ def load_market_data(symbol: str, cfg: dict[str, Any], synthetic: bool, seed: in
 
 # --- models ---------------------------------------------------------------------------------------------
 
-def select_models(registry: Any, symbol: str, interval: str, wanted: Sequence[str] | None) -> list[Any]:
-    """The run records to evaluate: the run ids named, else every run of the symbol and interval.
+def select_models(registry: Any, symbol: str, interval: str, wanted: Sequence[str] | None,
+                  all_runs: bool = False) -> list[Any]:
+    """The run records to evaluate: the champions of the symbol and interval (one per model type), or with
+    ``all_runs`` every run of the symbol and interval; then the run ids named in ``wanted`` not already chosen.
 
-    Only runs inside the registry: a path is refused (a model from elsewhere is imported first with
+    Champions by default keep the plots readable once the registry holds dozens of challengers; ``--all`` asks
+    for every run. Only runs inside the registry: a path is refused (a model from elsewhere is imported first with
     ``train_bot.py --import-model``, which checks it; it is never loaded where it lies).
     """
+    runs = registry.runs(symbol=symbol, interval=interval)
+    chosen = list(runs) if all_runs else [r for r in runs if r.is_champion]
+    seen = {r.run_id for r in chosen}
+    records = []
     if wanted:
-        records = []
         for w in wanted:
             if "/" in w or "\\" in w or Path(w).exists():
                 raise UserError(f"--models takes run ids, not paths ({w!r}); bring a model from outside the "
@@ -102,21 +116,22 @@ def select_models(registry: Any, symbol: str, interval: str, wanted: Sequence[st
             if rec.path.resolve().parent != registry.root.resolve():
                 raise UserError(f"--models {w!r} names {rec.path}, which is not a run of the registry under "
                                 f"{registry.root}")
-            records.append(rec)
+            if rec.run_id not in seen:
+                seen.add(rec.run_id)
+                records.append(rec)
         for rec in records:
             if rec.symbol != symbol or rec.interval != interval:
                 logger.warning("model %s was trained on %s %s, evaluated here on %s %s", rec.run_id, rec.symbol,
                                rec.interval, symbol, interval)
-        return records
-    return registry.runs(symbol=symbol, interval=interval)
+    return chosen + records
 
 
-def _model_env_config(record: Any, cfg: dict[str, Any]) -> Any:
+def _model_env_config(record: Any, cfg: dict[str, Any], market: str = "equity") -> Any:
     meta = record.metadata
     stored = meta.get("env_config")
     if not isinstance(stored, dict):
         raise ModelFileError(f"{record.path}/metadata.json holds no env_config; cannot rebuild the model's env")
-    return evaluation_env_config(cfg, meta.get("action_mode") or "discrete", trained=stored)
+    return evaluation_env_config(cfg, meta.get("action_mode") or "discrete", trained=stored, market=market)
 
 
 def _feature_problem(record: Any, data: Any, env_config: Any, policy: Any) -> str | None:
@@ -208,8 +223,8 @@ def evaluate_models(records: Sequence[Any], registry: Any, data: Any, cfg: dict[
             logger.error("model %s skipped: %s", record.run_id, exc)
             continue
         try:
-            env_config = _model_env_config(record, cfg)
-            policy = load_registered(registry, record)
+            env_config = _model_env_config(record, cfg, infer_market(data.symbol))  # the evaluated bars' costs
+            policy = load_registered(registry, record, device=resolve_device(cfg["evaluation"]["device"]))
         except (ModelFileError, UserError) as exc:
             entry.update(status="load_failed", error=str(exc))
             logger.error("model %s skipped: %s", record.run_id, exc)
@@ -233,17 +248,40 @@ def evaluate_models(records: Sequence[Any], registry: Any, data: Any, cfg: dict[
                      env_config=env_config.to_dict(), seconds=round(time.perf_counter() - started, 3))
         if gap is not None:
             entry["engine_gap"] = gap
+        if engine == "fast" and record.is_champion and ev["parity_bars"] > 0:
+            entry["parity_check"] = parity_check(policy, data, env_config, ev["parity_bars"])
         results[record.run_id] = result
         logger.info("model %s: Sharpe %.3f, total return %.2f%%", record.run_id, entry["sharpe_ratio"],
                     entry["total_return_pct"])
     return entries, results
 
 
+def parity_check(policy: Any, data: Any, env_config: Any, bars: int) -> dict[str, Any]:
+    """Replay a champion's backtest over the first ``bars`` decision bars of the split on both engines
+    (backtrader's broker and the fast engine) and measure the gap (:func:`engine_gap`): a spot-check, each
+    evaluation, that the fast engine the figures come from still fills like backtrader. Both runs see the same
+    shortened split (the observation's time-left cell depends on the split's length). ``--engine both``
+    compares the whole split; ``evaluation.parity_bars = 0`` turns the spot-check off."""
+    started = time.perf_counter()
+    part = data.slice(0, min(data.n_bars, env_config.window + bars))
+    try:
+        reference = run_backtest(policy, part, env_config, engine="backtrader", deterministic=True)
+        fast = run_backtest(policy, part, env_config, engine="fast", deterministic=True)
+    except Exception as exc:  # the spot-check must not cost the evaluation; its failure is reported
+        logger.exception("parity spot-check on backtrader failed")
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    gap = engine_gap(reference, fast)
+    out = {"status": "ok", "bars": int(part.n_bars), **gap, "seconds": round(time.perf_counter() - started, 3)}
+    logger.info("parity spot-check over %d bars: final equity gap %.2e%%, worst bar %.2e%%", part.n_bars,
+                gap["final_equity_diff_pct"], gap["max_equity_diff_pct"])
+    return out
+
+
 def evaluate_baselines(data: Any, cfg: dict[str, Any], ppy: float, engine: str,
                        window: int) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Backtest the four baselines (box action mode: the target position directly) with the config's costs."""
     ev = cfg["evaluation"]
-    env_config = evaluation_env_config(cfg, "box", window=window)
+    env_config = evaluation_env_config(cfg, "box", market=infer_market(data.symbol), window=window)
     entries: dict[str, dict[str, Any]] = {}
     results: dict[str, Any] = {}
     for name, policy in make_baselines(ev["ma_fast"], ev["ma_slow"], ev["random_seed"]).items():
@@ -330,15 +368,16 @@ def _num(value: Any) -> str:
 
 def evaluate_symbol(symbol: str, cfg: dict[str, Any], models: Sequence[str] | None = None, synthetic: bool = False,
                     seed: int = 0, bars: int = 2500, kind: str = "gbm",
-                    create_plots: bool = False) -> dict[str, Any]:
-    """Evaluate every model and baseline on one symbol; write the JSON (and plots); return the JSON content
-    with ``json_path`` (and ``report_path``) added."""
+                    create_plots: bool = False, all_runs: bool = False) -> dict[str, Any]:
+    """Evaluate the champions (every run with ``all_runs``), the runs named in ``models`` and the baselines on
+    one symbol; write the JSON, the CSV export (evaluation.export) and with ``create_plots`` the plots and the
+    report; return the JSON content with ``json_path`` added."""
     interval, split, engine = cfg["data"]["interval"], cfg["evaluation"]["split"], cfg["evaluation"]["engine"]
     psr_level = cfg["monitoring"]["psr_level"]
     data, info = load_market_data(symbol, cfg, synthetic, seed, bars, kind)
     ppy = info["periods_per_year"]
     registry = Registry.from_config(cfg)
-    records = select_models(registry, symbol, interval, models)
+    records = select_models(registry, symbol, interval, models, all_runs=all_runs)
     if not records:
         logger.warning("no registered model for %s %s under %s; evaluating the baselines only "
                        "(train one with train_bot.py)", symbol, interval, registry.root)
@@ -349,8 +388,10 @@ def evaluate_symbol(symbol: str, cfg: dict[str, Any], models: Sequence[str] | No
     base_window = max(windows, default=int(cfg["env"]["window"]))
     base_entries, base_results = evaluate_baselines(data, cfg, ppy, engine, base_window)
     if BENCHMARK in base_results:
+        bench = base_results[BENCHMARK]
         for name, res in {**model_results, **base_results}.items():
-            stats = benchmark_relative(res.returns, base_results[BENCHMARK].returns, ppy)
+            stats = benchmark_relative(res.returns, bench.returns, ppy, timestamps=res.timestamps[1:],
+                                       benchmark_timestamps=bench.timestamps[1:])
             ({**model_entries, **base_entries})[name].update(
                 {k: (v if math.isfinite(v) else None) for k, v in stats.items()})
     now = datetime.now(UTC)
@@ -358,9 +399,14 @@ def evaluate_symbol(symbol: str, cfg: dict[str, Any], models: Sequence[str] | No
     out: dict[str, Any] = {
         "symbol": symbol, "interval": interval, "split": split, "engine": engine,
         "created": now.isoformat(timespec="seconds"),
-        **info, "psr_level": psr_level, "models": model_entries, "baselines": base_entries,
+        **info, "psr_level": psr_level,
+        "model_selection": {"all_runs": all_runs, "named": list(models or [])},
+        "models": model_entries, "baselines": base_entries,
         "ranking": rank([*model_entries.values(), *base_entries.values()]),
         "recommendation": recommend(model_entries, base_entries, psr_level),
+        "costs": resolve_costs(cfg["data"]["costs"], info["market"]).to_dict(),
+        # engine fast: each champion's first parity_bars bars replayed on backtrader's broker, and the gap
+        "parity_check": {name: e["parity_check"] for name, e in model_entries.items() if "parity_check" in e},
         "config": cfg,
     }
     results_dir = paths.results_dir()
@@ -371,22 +417,30 @@ def evaluate_symbol(symbol: str, cfg: dict[str, Any], models: Sequence[str] | No
         metrics = {label[k]: model_entries[k] for k in model_results} | {k: base_entries[k] for k in base_results}
         best_model = out["recommendation"]["best_model"]
         plots = draw(all_results, metrics, symbol, stamp, results_dir, ppy, baselines=list(base_results),
-                     trades_of=label[best_model] if best_model else "ma_crossover", split_label=split)
+                     trades_of=label[best_model] if best_model else "ma_crossover", split_label=split,
+                     champions=[label[k] for k in model_results if model_entries[k]["is_champion"]])
         report = results_dir / f"report_{safe_name(symbol)}_{stamp}.html"
         header = {"symbol": symbol, "interval": interval, "market": info["market"],
                   "split": f"{split}: {info['split_range']['start']} to {info['split_range']['end']} "
                            f"({info['split_range']['rows']} bars)",
+                  "period judged": judged_period(out),
+                  "models": "every run (--all)" if all_runs else "champions" + (" and the runs named" if models
+                                                                                 else "") + " (--all: every run)",
                   "engine": engine, "data source": info["source"], "bars per year": ppy,
-                  "costs": ", ".join(f"{k} {cfg['data']['costs'][k]}" for k in cfg["data"]["costs"])}
+                  "costs": out["costs"]["statement"]}
         notes = [f"{e['name']}: {e['status']}: {e['error']}" for e in model_entries.values() if e["status"] != "ok"]
         entries = {**model_entries, **base_entries}
         ranked = [r["name"] for r in out["ranking"]]
         rows = [entries[n] for n in ranked] + [e for n, e in entries.items() if n not in ranked]
         write_html_report(report, f"Model comparison: {symbol} {interval}", header, REPORT_COLUMNS, rows,
                           out["recommendation"]["text"], plots, notes, column_titles=COLUMN_TITLES,
-                          sections=tear_sheet(out, {**model_results, **base_results}))
+                          sections=tear_sheet(out, {**model_results, **base_results}),
+                          table_caption=f"rows in ranking order (test Sharpe on the {split} split, then return); "
+                                        "bold: champions; * after the algorithm marks a champion")
         out["plots"] = {k: str(v) for k, v in plots.items()}
         out["report_html"] = str(report)
+    files = export_results({**model_results, **base_results}, results_dir / f"export_{safe_name(symbol)}_{stamp}")
+    out["export"] = {"folder": str(results_dir / f"export_{safe_name(symbol)}_{stamp}"), "files": files}
     json_path = results_dir / f"model_comparison_{safe_name(symbol)}_{stamp}.json"
     atomic_write_json(json_path, out)
     out["json_path"] = str(json_path)
@@ -398,6 +452,22 @@ SUMMARY_COLUMNS = ("label", "judged", "total_return_pct", "cagr_pct", "sharpe_ra
                    "max_drawdown_pct", "alpha_pct", "beta", "information_ratio", "exposure_pct", "num_trades",
                    "costs_paid")
 DRAWDOWN_COLUMNS = ("peak", "trough", "recovery", "depth_pct", "bars")
+
+
+def judged_period(outcome: dict[str, Any]) -> str:
+    """The bars the figures are judged on: from the first decision bar (``window - 1`` bars into the split, where
+    the first order can be placed), not the split's first row. Buy and hold's period is the baselines'; a model
+    whose window (or an early ruin) gives it other bars is listed with its own."""
+    entries = {**outcome["models"], **outcome["baselines"]}
+    periods = {n: e["period"] for n, e in entries.items() if e.get("period")}
+    ref = periods.get(BENCHMARK) or next(iter(periods.values()), None)
+    if not ref:
+        return "n/a"
+    text = (f"{ref['start']} to {ref['end']} ({ref['n_bars']} bars from the first decision bar; the split's "
+            f"first row is {outcome['split_range']['start']})")
+    other = [f"{entries[n].get('label', n)}: {p['start']} to {p['end']} ({p['n_bars']} bars)"
+             for n, p in periods.items() if (p["start"], p["end"]) != (ref["start"], ref["end"])]
+    return text + ("; other periods: " + "; ".join(other) if other else "")
 
 
 def tear_sheet(outcome: dict[str, Any], results: dict[str, Any]) -> list[tuple[str, str]]:
@@ -429,6 +499,11 @@ def tear_sheet(outcome: dict[str, Any], results: dict[str, Any]) -> list[tuple[s
                    for n in shown)
     if heat:
         sections.append(("Monthly and yearly returns", heat))
+    ranked = [r["name"] for r in outcome["ranking"] if r["name"] in results]
+    yearly = yearly_returns_html([(entries[n].get("label", n), results[n].timestamps, results[n].equity)
+                                  for n in ranked])
+    if yearly:
+        sections.append(("Yearly returns of every model and baseline", yearly))
     dd = drawdown_periods(results[subject].timestamps, results[subject].equity)
     if dd:
         dd_titles = {"peak": "peak", "trough": "trough", "recovery": "recovered", "depth_pct": "depth %",
@@ -442,7 +517,9 @@ def tear_sheet(outcome: dict[str, Any], results: dict[str, Any]) -> list[tuple[s
 def _html_cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
-    return f"{value:,.2f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{0.0 if abs(value) < 5e-3 else value:,.2f}"  # a rounding residue prints as 0.00, not -0.00
+    return str(value)
 
 
 def format_table(outcome: dict[str, Any]) -> str:

@@ -16,8 +16,8 @@ Families (``strength`` in brackets; log returns ``r_t``, noise ``e_t ~ N(0, 1)``
   Oracle: long when calm, short when turbulent.
 - ``intraday`` [drift per bar]: hourly bars, seven a session (09:30 .. 15:30); the drift of a bar depends on its
   time of day (``+drift`` for the 2nd and 3rd bar of the session, ``-drift`` for the 4th and 5th, ``+drift`` for
-  the 6th, 0 otherwise); the pipeline's time-of-day features (``f_tod_sin``, ``f_tod_cos``) carry it. Oracle:
-  hold the sign of the next bar's drift.
+  the 6th, 0 otherwise); the pipeline's time-of-day features (``f_tod_sin``, ``f_tod_cos`` and their
+  harmonics) carry it. Oracle: hold the sign of the next bar's drift.
 - ``drift`` [drift per bar]: a random walk with drift. Oracle: buy and hold.
 - ``random_walk``: driftless, nothing to learn (the canary). Oracle: flat (Sharpe undefined).
 
@@ -203,6 +203,10 @@ class Oracle(TargetPolicy):
 
     def target(self) -> float:
         return float(self.targets[self.env.t])
+
+    def goals(self, close: np.ndarray, first: int, allow_short: bool) -> np.ndarray:
+        """Every bar's target at once (the process's truth per bar, known at the bar's close)."""
+        return self.targets.copy()
 
 
 def reference_backtests(market: PreparedMarket, cfg: Mapping[str, Any], split: str) -> dict[str, BacktestResult]:

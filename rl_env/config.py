@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from botcore.errors import ConfigError
+from botcore.markets import resolve_costs
 
 ACTION_MODES = ("discrete", "multidiscrete", "box")
 REWARDS = ("equity", "log_return", "risk_adjusted")
@@ -123,9 +124,10 @@ class EnvConfig:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], action_mode: str = "discrete", training: bool = True,
-                    **overrides: Any) -> EnvConfig:
+                    market: str = "equity", **overrides: Any) -> EnvConfig:
         """Build from the resolved config tree (``load_config()``): reads ``cfg["env"]`` and
-        ``cfg["data"]["costs"]``.
+        ``cfg["data"]["costs"]``, whose nulls take ``market``'s default costs
+        (:func:`botcore.markets.resolve_costs`; numbers in the config win).
 
         ``training=False`` (evaluation and validation) runs the whole split from its first decision bar with no
         training-only shaping: ``episode_length=None``, ``random_start=False``, no hindsight bonus and no
@@ -134,7 +136,7 @@ class EnvConfig:
 
         :param overrides: any EnvConfig field, applied last.
         """
-        env, costs = cfg["env"], cfg["data"]["costs"]
+        env, costs = cfg["env"], resolve_costs(cfg["data"]["costs"], market).values
         kwargs: dict[str, Any] = dict(
             window=int(env["window"]), action_mode=action_mode, initial_cash=float(env["initial_cash"]),
             allow_short=bool(env["allow_short"]), max_position=float(env["max_position"]),

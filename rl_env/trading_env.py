@@ -14,7 +14,6 @@ from rl_env.broker import (
     execute,
     fill_price,
     flatten_order,
-    limit_fill_price,
     limit_order,
     position_limit,
     target_order,
@@ -162,10 +161,12 @@ class TradingEnv(gym.Env):
         self._reward_code = REWARD_CODES[config.reward]
         self._hindsight = config.hindsight_weight > 0.0
         self._mode = ("discrete", "multidiscrete", "box").index(config.action_mode)
+        self._allow_short = config.allow_short
         # step() runs the fused numpy engine unless a subclass brings its own broker (BacktraderEnv).
         cls = type(self)
         self._fused = (cls._advance is TradingEnv._advance and cls._mark is TradingEnv._mark
-                       and cls.decide_order is TradingEnv.decide_order and cls._obs is TradingEnv._obs)
+                       and cls.decide_order is TradingEnv.decide_order and cls._obs is TradingEnv._obs
+                       and cls._execute is TradingEnv._execute)
 
         self._obs_dim = obs_dim = self.window * self.n_features + N_PRIVATE
         self.observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, (obs_dim,), np.float32)
@@ -183,6 +184,13 @@ class TradingEnv(gym.Env):
         self._offsets = list(config.price_offsets)
         self._quantities = list(config.quantity_levels)
         self._set_account(0)
+
+    def observed_features(self) -> np.ndarray:
+        """(n_bars, n_features) float32: every bar's features as observations hold them (clipped to
+        ``OBS_BOUND``); the observation at bar ``t`` starts with rows ``t - window + 1 .. t``. A read-only view."""
+        view = self._flat.reshape(self.n_bars, self.n_features)
+        view.flags.writeable = False
+        return view
 
     # --- helpers -------------------------------------------------------------------------------------
 
@@ -359,6 +367,28 @@ class TradingEnv(gym.Env):
             else:
                 current = units / lim if lim > 0 else 0.0
                 qty = 0.0 if abs(target - current) <= self._band else target * lim - units
+        elif self._mode == 1:  # multidiscrete: decide_order inlined (limit_order is the broker's)
+            i_off, i_q = (action.tolist() if type(action) is np.ndarray and action.shape == (2,)
+                          else np.asarray(action).reshape(-1)[:2].tolist())
+            lim = self._max_position * before / close if before > 0 else 0.0
+            fraction, offset = self._quantities[int(i_q)], self._offsets[int(i_off)]
+            qty = 0.0
+            if fraction != 0.0 and lim > 0.0:  # limit_order inlined
+                want = fraction * lim
+                new = units + want
+                low = -lim if self._allow_short else 0.0
+                if new > lim:
+                    new = lim
+                elif new < low:
+                    new = low
+                if abs(new) <= 1e-12 * lim:
+                    new = 0.0
+                if (new - units > 0) == (want > 0) and new != units:
+                    qty = -units if new == 0.0 else new - units
+                    limit = close * (1.0 + offset * self._vol[t])
+                    floor = 1e-9 * close
+                    if floor > limit:
+                        limit = floor
         else:
             qty, limit = self.decide_order(action)
         t1 = t + 1
@@ -380,12 +410,34 @@ class TradingEnv(gym.Env):
                     if not fill >= lo:
                         fill = lo
                 reference = o
-            else:
-                is_buy = qty > 0
-                fill = limit_fill_price(is_buy, limit, o, self._high[t1], self._low[t1], self._slip)
-                reference = o if (limit >= o if is_buy else limit <= o) else fill
-            if fill is not None:
-                executed, commission = self._execute(qty, fill)
+            else:  # limit order: limit_fill_price inlined
+                slip = self._slip
+                if qty > 0:
+                    if limit >= o:
+                        if not slip:
+                            fill = o
+                        else:
+                            h = self._high[t1]
+                            cap = h if h < limit else limit
+                            fill = o * self._slip_up
+                            if not fill <= cap:
+                                fill = cap
+                        reference = o
+                    else:
+                        fill = reference = limit if limit >= self._low[t1] else None
+                elif limit <= o:
+                    if not slip:
+                        fill = o
+                    else:
+                        fill = o * self._slip_down
+                        if not fill >= limit:
+                            fill = limit
+                    reference = o
+                else:
+                    fill = reference = limit if limit <= self._high[t1] else None
+            if fill is not None:  # _execute inlined (the broker's execute)
+                self.cash, self.units, self.avg_price, executed, commission = execute(
+                    self.cash, self.units, self.avg_price, qty, fill, self._rate, self._min_fee, self._lev)
                 if executed:
                     price = fill
                 slip_cost = abs(executed) * abs(fill - reference)

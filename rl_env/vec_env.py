@@ -23,6 +23,10 @@ class TradingVecEnv(VecEnv):
     ``infos[i]["terminal_observation"]`` (``infos[i]["TimeLimit.truncated"]`` marks an end of data or of
     episode length, as SB3 expects).
 
+    With one env (and ``full_info=False``) the steps run through one :class:`TradingEnv`'s own fused step (array
+    operations on one element cost more than they save); episode starts are still drawn here, so the results are
+    the same either way (tests/test_vec_env.py).
+
     Per-step infos are lean (empty dicts except at episode ends) so the env is fast; the per-env values
     are on the object after each step as arrays: ``last_pnl``, ``last_cost``, ``last_commission``,
     ``last_fill_price`` (0 where none), ``last_fill_qty``, ``last_hindsight``, plus the state ``t``,
@@ -67,6 +71,7 @@ class TradingVecEnv(VecEnv):
         self.last_pnl, self.last_cost, self.last_commission = z.copy(), z.copy(), z.copy()
         self.last_fill_price, self.last_fill_qty, self.last_hindsight = z.copy(), z.copy(), z.copy()
         self._actions: np.ndarray | None = None
+        self._single = n_envs == 1 and not full_info  # step through self.template (see the class docstring)
         self._reset_envs(np.arange(n_envs), [{} for _ in range(n_envs)])
 
     # --- episode starts --------------------------------------------------------------------------------
@@ -132,7 +137,38 @@ class TradingVecEnv(VecEnv):
         self._reset_envs(np.arange(self.num_envs), self._options)
         self._reset_seeds()
         self._reset_options()
+        if self._single:
+            return self._start_single()[None]
         return self._obs()
+
+    def _start_single(self) -> np.ndarray:
+        """One env: start the TradingEnv that steps it at the episode start ``_reset_envs`` drew."""
+        env = self.template
+        env._set_account(int(self.t0[0]))
+        env.t_end = int(self.t_end[0])
+        env._reset_engine()
+        return env._obs()
+
+    def _step_single(self) -> VecEnvStepReturn:
+        """One env: TradingEnv's fused step, its state copied to the arrays, auto-reset as in step_wait."""
+        env = self.template
+        obs, reward, terminated, truncated, info = env.step(self._actions[0])
+        self.t[0], self.cash[0], self.units[0], self.avg_price[0] = env.t, env.cash, env.units, env.avg_price
+        self.equity[0], self.peak[0] = env.equity, env.peak
+        self.last_pnl = np.array([info["pnl"]])
+        self.last_cost = np.array([info["cost"]])
+        self.last_commission = np.array([info["commission"]])
+        self.last_fill_price = np.array([info["fill_price"]])
+        self.last_fill_qty = np.array([info["fill_qty"]])
+        self.last_hindsight = np.array([info["reward_hindsight"]])
+        out: dict[str, Any] = {}
+        done = terminated or truncated
+        if done:
+            out["terminal_observation"] = obs
+            out["TimeLimit.truncated"] = bool(truncated)
+            self._reset_envs(np.zeros(1, dtype=np.int64), [{}])
+            obs = self._start_single()
+        return obs[None], np.array([reward], dtype=np.float32), np.array([done]), [out]
 
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = np.asarray(actions)
@@ -225,6 +261,8 @@ class TradingVecEnv(VecEnv):
         return executed, commission
 
     def step_wait(self) -> VecEnvStepReturn:
+        if self._single:
+            return self._step_single()
         c = self.config
         actions = self._actions
         t_dec = self.t.copy()

@@ -232,7 +232,8 @@ def test_run_once_each_job_then_the_chain(workspace, capsys):
         ("train_bot.py", ["--model-type", "deepscalper", "--symbol", "SYN"]),
         ("train_bot.py", ["--model-type", "backtrader", "--symbol", "SYN"])]
     assert at.main(["--run-once", "evaluation", "--quiet"], runner=runner) == 0
-    assert runner.calls[-1][:2] == ("evaluate_bot.py", ["--symbol", "SYN", "--interval", "1d", "--quiet"])
+    assert runner.calls[-1][:2] == ("evaluate_bot.py",
+                                    ["--symbol", "SYN", "--create-plots", "--interval", "1d", "--quiet"])
     state = read_state(workspace)
     assert {k: v["outcome"] for k, v in state["jobs"].items()} == {"data": "ok", "training": "ok",
                                                                     "evaluation": "ok"}
@@ -588,7 +589,7 @@ def test_run_once_data_with_the_real_data_pipeline(workspace):
     assert at.main(["--run-once", "data", "--quiet"]) == 0
     state = read_state(workspace)
     assert state["units"]["data/GOOGL"]["outcome"] == "ok"
-    assert (workspace / "data" / "GOOGL_1d_test_data.csv").exists()
+    assert (workspace / "data" / "GOOGL_1d_test_data.parquet").exists()
     # The bundled sample ends in 2018: the stale-data monitor says so.
     assert [a["kind"] for a in state["alerts"]] == ["stale_data"]
     assert "GOOGL 1d is from 2018" in state["alerts"][0]["message"]

@@ -92,3 +92,47 @@ def test_unknown_engine_is_a_user_error():
 
     with pytest.raises(UserError, match="engine"):
         run_backtest(BuyAndHold(), random_walk_data(30), EnvConfig(window=4), engine="zipline")
+
+
+def test_default_evaluation_is_fast_with_a_backtrader_parity_spot_check(workspace):
+    """evaluate_bot.py's default engine is the fast one; each champion's first parity_bars bars are replayed on
+    backtrader's broker and the gap is in the JSON (zero here: the engines agree); --parity-bars 0 skips it."""
+    import json
+
+    import data_pipeline
+    import evaluate_bot
+    from agents.config import load_config
+    from agents.registry import Registry
+    from agents.sb3_agent import save_sb3
+    from datafeed.dataset import Dataset
+    from rl_env import TradingEnv
+
+    assert data_pipeline.main(["--symbols", "SYN", "--source", "synthetic", "--seed", "2", "--bars", "900",
+                               "--quiet"]) == 0
+    from stable_baselines3 import PPO
+
+    cfg = load_config()
+    train = MarketData.from_frame(Dataset.open("SYN", "1d").split("train"), "SYN", "1d")
+    env_config = EnvConfig.from_config(cfg, action_mode="discrete", training=True)
+    model = PPO("MlpPolicy", TradingEnv(train, env_config), seed=3, device="cpu", policy_kwargs={"net_arch": [8]})
+    save_sb3(model, "ppo", {"net_arch": [8]}, workspace / "ppo.zip")
+    record, _ = Registry().register(workspace / "ppo.zip", {
+        "model_type": "backtrader", "algo": "ppo", "symbol": "SYN", "interval": "1d",
+        "validation": {"sharpe_ratio": 0.1}, "env_config": env_config.to_dict(), "action_mode": "discrete",
+        "feature_columns": list(train.feature_names)}, promote=True)
+
+    def run(*flags: str) -> dict:
+        assert evaluate_bot.main(["--symbol", "SYN", "--quiet", *flags]) == 0
+        return json.loads(max((workspace / "results").glob("model_comparison_SYN_*.json")).read_text())
+
+    out = run("--parity-bars", "50")
+    assert out["engine"] == "fast" and out["models"][record.run_id]["engine"] == "fast"
+    check = out["parity_check"][record.run_id]
+    assert check["status"] == "ok" and check["bars"] == env_config.window + 50
+    assert check["final_equity_diff_pct"] == 0.0 and check["max_equity_diff_pct"] == 0.0
+    assert check["num_trades_backtrader"] == check["num_trades_fast"]
+    assert out["models"][record.run_id]["parity_check"] == check
+    import time
+
+    time.sleep(1.1)  # result files are named by the second
+    assert run("--parity-bars", "0")["parity_check"] == {}

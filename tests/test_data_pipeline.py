@@ -3,6 +3,9 @@ cleaning, causal features, embargoed splits, the no-look-ahead property and bad 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 from datetime import datetime
@@ -10,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yfinance
 
@@ -19,7 +23,7 @@ from agents.config import load_config
 from botcore import paths
 from botcore.atomic import sha256_file
 from botcore.errors import DataError
-from datafeed import sources
+from datafeed import pipeline, sources
 from datafeed.clean import clean_ohlcv
 from datafeed.features import compute_features, feature_window
 from datafeed.splits import prepare
@@ -35,7 +39,8 @@ def _write_csv(path: Path, frame: pd.DataFrame, fmt: str = "%Y-%m-%d") -> Path:
 
 
 def _split_bytes(workspace: Path, sym: str, interval: str = "1d") -> dict[str, bytes]:
-    return {s: (workspace / "data" / f"{sym}_{interval}_{s}_data.csv").read_bytes() for s in ("train", "val", "test")}
+    return {s: (workspace / "data" / f"{sym}_{interval}_{s}_data.parquet").read_bytes()
+            for s in ("train", "val", "test")}
 
 
 # --- sample source and file layout ---------------------------------------------------------------------
@@ -49,9 +54,11 @@ def test_sample_source_writes_contract_files(workspace, capsys):
         assert manifest["interval"] == interval and manifest["source"] == "sample"
         assert manifest["market"] == ("fx" if sym == "EURUSD" else "equity")
         assert manifest["manifest_hash"] == datafeed.manifest_hash(manifest)
-        header = (workspace / "data" / f"{sym}_{interval}_train_data.csv").read_text().splitlines()[0].split(",")
-        assert header[:6] == ["timestamp", "open", "high", "low", "close", "volume"]
-        assert header[6:] == manifest["feature_columns"] and all(c.startswith("f_") for c in header[6:])
+        assert manifest["format"] == "parquet" and manifest["exports"] == {}
+        header = pq.read_schema(workspace / "data" / f"{sym}_{interval}_train_data.parquet").names
+        assert header[:5] == ["open", "high", "low", "close", "volume"] and header[-1] == "timestamp"
+        assert header[5:-1] == manifest["feature_columns"] and all(c.startswith("f_") for c in header[5:-1])
+        assert not list((workspace / "data").glob(f"{sym}_*.csv"))  # CSV only on request (--export-csv)
         previous_end = None
         for split in ("train", "val", "test"):
             frame = datafeed.load_split(sym, interval, split)
@@ -59,6 +66,8 @@ def test_sample_source_writes_contract_files(workspace, capsys):
             assert not frame.isna().any().any() and frame.index.is_monotonic_increasing
             assert manifest["ranges"][split]["rows"] == len(frame)
             assert manifest["hashes"][split] == sha256_file(paths.split_path(sym, interval, split))
+            assert manifest["files"][split] == {"file": paths.split_path(sym, interval, split).name,
+                                                "format": "parquet", "sha256": manifest["hashes"][split]}
             if previous_end is not None:  # embargo: at least embargo_bars bars left out between splits
                 assert frame.index[0] > previous_end
             previous_end = frame.index[-1]
@@ -87,7 +96,7 @@ def test_runs_from_any_directory(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "data_pipeline.py"), "--symbols", "GOOGL", "--source",
                            "sample", "--quiet"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "data" / "GOOGL_1d_test_data.csv").exists()
+    assert (tmp_path / "data" / "GOOGL_1d_test_data.parquet").exists()
 
 
 def test_invalid_symbol_is_refused_before_any_write(workspace, capsys):
@@ -101,7 +110,9 @@ def test_load_split_errors_name_the_fix(workspace):
         datafeed.load_split("GOOGL", "1d", "train")
     assert data_pipeline.main(["--symbols", "GOOGL", "--source", "sample", "--quiet"]) == 0
     target = paths.split_path("GOOGL", "1d", "val")
-    target.write_text(target.read_text().replace("2016", "2015", 1))
+    content = bytearray(target.read_bytes())
+    content[len(content) // 2] ^= 1  # one bit of one value
+    target.write_bytes(bytes(content))
     with pytest.raises(DataError, match="does not match its manifest"):
         datafeed.load_split("GOOGL", "1d", "val")
 
@@ -399,3 +410,132 @@ def test_yahoo_intraday_respects_range_limits(workspace, fake_yahoo, caplog):
     assert store.index[0] >= starts[0] and "Yahoo keeps 1m bars for only 29 days" in caplog.text
     # yfinance reads naive times as exchange-local: intraday requests must say they are UTC
     assert all(c["start_utc"] for c in fake.calls)
+
+
+# --- large files: dates detected on a sample, errors after it --------------------------------------------
+
+def _big_csv(path: Path, n: int, fmt: str = "%Y-%m-%d %H:%M:%S", freq: str = "1h") -> pd.DataFrame:
+    bars = datafeed.generate_synthetic(n, seed=5, interval="1h")
+    bars.index = pd.date_range("2019-01-01", periods=n, freq=freq, name="timestamp")
+    _write_csv(path, bars.round(6), fmt=fmt)
+    return bars
+
+
+def test_dates_are_detected_on_a_sample_then_parsed_once(tmp_path, monkeypatch):
+    path = tmp_path / "big.csv"
+    bars = _big_csv(path, 5000, fmt="%d.%m.%Y %H:%M:%S")
+    lengths = []
+    original = sources._to_datetime
+
+    def counting(text, fmt):
+        lengths.append(len(text))
+        return original(text, fmt)
+
+    monkeypatch.setattr(sources, "_to_datetime", counting)
+    frame, info = sources.load_csv(path)
+    assert info["date_format"] == "%d.%m.%Y %H:%M:%S"
+    assert lengths.count(5000) == 1 and sorted(lengths)[-2] <= sources._SAMPLE_ROWS  # one parse of the column
+    assert frame.index.equals(bars.index.rename("timestamp"))
+    np.testing.assert_array_equal(frame["close"].to_numpy(), bars["close"].round(6).to_numpy())
+
+
+def test_a_row_the_sample_missed_still_decides_day_first(tmp_path):
+    """Days 1..12 only, except one row outside the sample: month-first reads the sample, not the column."""
+    days = [pd.Timestamp(2000 + m // 12, m % 12 + 1, d) for m in range(150) for d in range(1, 13)]
+    n = len(days)
+    outside = next(i for i in range(n - 1, 0, -1) if i not in set(sources._date_sample(pd.Series(range(n))).index))
+    days[outside] = days[outside].replace(day=13)
+    lines = ["Date,Open,High,Low,Close"] + [f"{d:%d/%m/%Y},10,11,9,10.5" for d in days]
+    (tmp_path / "p.csv").write_text("\n".join(lines) + "\n")
+    frame, info = sources.load_csv(tmp_path / "p.csv")
+    assert info["date_format"] == "%d/%m/%Y" and list(frame.index) == days
+
+
+@pytest.mark.parametrize("column, row, bad, message", [
+    ("Date", 3777, "2020-02-30 10:00:00", r"line 3779, column 'Date': cannot read the date '2020-02-30 10:00:00'"),
+    ("Close", 4000, "1..5", r"line 4002, column 'Close': '1\.\.5' is not a number"),
+    ("Volume", 4999, "inf", r"line 5001, column 'Volume': 'inf' is not a finite number"),
+])
+def test_errors_after_the_sample_name_file_line_and_column(tmp_path, column, row, bad, message):
+    path = tmp_path / "big.csv"
+    _big_csv(path, 5000)
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[row + 1].split(",")
+    cells[header.index(column)] = bad
+    lines[row + 1] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"big\.csv: " + message):
+        sources.load_csv(path)
+
+
+def test_fast_and_careful_readings_give_the_same_frame(tmp_path, monkeypatch):
+    """A plain file takes the one-pass reading; the same file read cell by cell gives the same frame."""
+    path = tmp_path / "p.csv"
+    _big_csv(path, 3000)
+    fast, info = sources.load_csv(path)
+    assert sources._read_typed(path) is not None
+    monkeypatch.setattr(sources, "_read_typed", lambda p: None)
+    careful, careful_info = sources.load_csv(path)
+    pd.testing.assert_frame_equal(fast, careful, check_exact=True)
+    assert info == careful_info
+
+
+# --- several symbols side by side (--workers) ---------------------------------------------------------------
+
+def _data_state(workspace: Path) -> dict[str, object]:
+    """Every file of data/, manifests without their creation time (for comparing two runs)."""
+    state: dict[str, object] = {}
+    for path in sorted((workspace / "data").glob("*")):
+        if path.name.endswith("_manifest.json"):
+            manifest = json.loads(path.read_text())
+            state[path.name] = {k: v for k, v in manifest.items() if k not in ("created", "manifest_hash")}
+        elif path.is_file() and not path.name.startswith("."):
+            state[path.name] = path.read_bytes()
+    return state
+
+
+def test_workers_give_exactly_the_serial_result(workspace, capsys):
+    files = [_write_csv(workspace / f"s{i}.csv", datafeed.generate_synthetic(500, seed=i)) for i in range(3)]
+    bad = workspace / "bad.csv"
+    bad.write_text(files[0].read_text().replace(",", ",x", 1).replace("\n2000-03", "\n2000-0x", 1))
+    argv = ["--symbols", "AAA", "BAD", "BBB", "CCC", "--source", "csv", "--csv", str(files[0]), str(bad),
+            str(files[1]), str(files[2]), "--quiet"]
+    outcomes = {}
+    for workers in ("1", "3"):
+        capsys.readouterr()
+        rc = data_pipeline.main([*argv, "--workers", workers])
+        out, err = capsys.readouterr()
+        outcomes[workers] = (rc, out, err, _data_state(workspace))
+        shutil.rmtree(workspace / "data")
+    assert outcomes["1"][0] == 1 and "BAD" in outcomes["1"][2] and "3 of 4 symbol(s) prepared" in outcomes["1"][1]
+    assert outcomes["3"] == outcomes["1"]
+    assert len(outcomes["1"][3]) == 3 * 5  # three datasets: 3 splits, quality report, manifest
+
+
+def test_a_symbol_that_kills_its_process_fails_alone(workspace, monkeypatch, capsys):
+    original = pipeline.run_symbol
+
+    def run_symbol(symbol, *args, **kwargs):
+        if symbol == "BOOM":
+            os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        return original(symbol, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_symbol", run_symbol)
+    rc = data_pipeline.main(["--symbols", "AAA", "BOOM", "BBB", "--source", "synthetic", "--bars", "400",
+                             "--workers", "2", "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "2 of 3 symbol(s) prepared" in out and "failed: BOOM" in out
+    assert "BOOM: the process preparing it died (signal 9" in err and len(err.strip().splitlines()) == 1
+    assert paths.manifest_path("AAA", "1d").exists() and paths.manifest_path("BBB", "1d").exists()
+
+
+def test_workers_from_the_config_and_bad_values(workspace, capsys):
+    (workspace / "training_config.json").write_text(json.dumps({"data": {"workers": 0}}))
+    assert data_pipeline.main(["--symbols", "SYN", "--source", "synthetic", "--quiet"]) == 2
+    assert "data.workers" in capsys.readouterr().err
+    (workspace / "training_config.json").write_text(json.dumps({"data": {"workers": 2}}))
+    assert data_pipeline.main(["--symbols", "S1", "S2", "--source", "synthetic", "--bars", "300", "--quiet"]) == 0
+    with pytest.raises(SystemExit) as stop:
+        data_pipeline.main(["--symbols", "SYN", "--workers", "0"])
+    assert stop.value.code == 2

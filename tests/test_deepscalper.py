@@ -16,7 +16,7 @@ import torch
 from agents.config import DEFAULTS, load_config
 from botcore.errors import ConfigError, ModelFileError, UserError
 from deepscalper import DeepScalper, DeepScalperConfig, training_env_overrides
-from deepscalper.agent import deepscalper_loss
+from deepscalper.agent import deepscalper_loss, quantity_targets
 from deepscalper.networks import DeepScalperNet, MinGRU
 from deepscalper.replay import PrioritizedReplayBuffer, ReplayBuffer, SumTree
 from rl_env import EnvConfig, MarketData, TradingEnv
@@ -315,7 +315,8 @@ def test_same_seed_same_actions_and_weights_and_single_branch_ablation():
     assert any(not torch.equal(x, y) for x, y in zip(params(a.q_net), params(c.q_net)))
 
     single, acts = run(3, single_branch=True)
-    assert [q.shape[1] for q in single.q_values(np.zeros((1, single.spaces["obs_dim"])))] == [25]
+    # 5 price offsets x 3 target positions (short, flat, long half the limit)
+    assert [q.shape[1] for q in single.q_values(np.zeros((1, single.spaces["obs_dim"])))] == [15]
     assert acts.shape == (10, 2) and (acts >= 0).all() and (acts < 5).all()
 
 
@@ -405,24 +406,33 @@ def test_callback_object_can_stop_and_predict_shapes():
         agent.predict(np.zeros(3, np.float32))
 
 
-def test_target_quantity_branch_sends_the_order_that_reaches_the_target():
+def test_target_quantity_branch_sends_the_order_that_reaches_the_target(tmp_path):
     env = make_env()
     agent = DeepScalper(env, DeepScalperConfig(**TINY), seed=0)  # quantity_branch "target", max_target 0.5
     cell = agent.spaces["window"] * agent.spaces["n_features"]  # the observation's position cell
-    np.testing.assert_allclose(agent._targets, [-0.5, -0.25, 0.0, 0.25, 0.5])
-    obs = np.zeros((4, agent.spaces["obs_dim"]), np.float32)
-    obs[:, cell] = [0.5, 0.48, 0.0, -0.5]
-    chosen = np.array([[1, 0], [3, 4], [2, 4], [4, 4]])  # targets -0.5, 0.5, 0.5, 0.5
+    # targets on the env's order grid (-1, -0.5, 0, 0.5, 1) up to max_target: every one reachable by one order
+    np.testing.assert_allclose(agent._targets, [-0.5, 0.0, 0.5])
+    assert agent.branch_sizes == [5, 3]
+    assert [q.shape[1] for q in agent.q_values(np.zeros((1, agent.spaces["obs_dim"])))] == [5, 3]
+    obs = np.zeros((5, agent.spaces["obs_dim"]), np.float32)
+    obs[:, cell] = [0.5, 0.48, 0.0, -0.5, 0.53]
+    chosen = np.array([[1, 0], [3, 2], [2, 2], [4, 2], [0, 1]])  # targets -0.5, 0.5, 0.5, 0.5, 0
     sent = agent._env_actions(obs, chosen)
-    # env levels (-1, -0.5, 0, 0.5, 1): long 0.5 -> short 0.5 is ONE order of -1; 0.48 -> 0.5 is no order
-    np.testing.assert_array_equal(sent, [[1, 0], [3, 2], [2, 3], [4, 4]])
+    # long 0.5 -> short 0.5 is ONE order of -1; 0.48 -> 0.5 is no order; a drifted 0.53 -> flat sells 0.5
+    np.testing.assert_array_equal(sent, [[1, 0], [3, 2], [2, 3], [4, 4], [0, 1]])
     order = DeepScalper(env, DeepScalperConfig(**TINY, quantity_branch="order"), seed=0)
     np.testing.assert_array_equal(order._env_actions(obs, chosen), chosen)
-    # half-way targets tie between two orders: the larger one wins, the same way long and short
-    half = np.zeros((2, agent.spaces["obs_dim"]), np.float32)
-    np.testing.assert_array_equal(agent._env_actions(half, np.array([[2, 1], [2, 3]]))[:, 1], [1, 3])
-    half[:, cell] = [0.5, -0.5]
-    np.testing.assert_array_equal(agent._env_actions(half, np.array([[2, 3], [2, 1]]))[:, 1], [1, 3])
+    assert order.branch_sizes == [5, 5]
+    # every target means the same position from every other target: no rounding rule decides
+    grid = np.zeros((9, agent.spaces["obs_dim"]), np.float32)
+    grid[:, cell] = np.repeat([-0.5, 0.0, 0.5], 3)
+    picks = np.c_[np.zeros(9, np.int64), np.tile([0, 1, 2], 3)]
+    sizes = np.asarray(env.unwrapped.config.quantity_levels)[agent._env_actions(grid, picks)[:, 1]]
+    np.testing.assert_allclose(grid[:, cell] + sizes, np.tile([-0.5, 0.0, 0.5], 3))
+    # the targets travel with the model
+    agent.save(tmp_path / "m.zip")
+    np.testing.assert_allclose(DeepScalper.load(tmp_path / "m.zip")._targets, [-0.5, 0.0, 0.5])
+    assert quantity_targets((-1.0, 0.0, 1.0), 0.5) == [-1.0, 0.0, 1.0]  # no level within 0.5: the smallest
     # in a rollout the position follows the chosen target
     obs1, _ = env.reset(seed=0)
     for _ in range(3):

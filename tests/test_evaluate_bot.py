@@ -78,7 +78,7 @@ def test_evaluation_reports_every_key_skips_a_corrupt_model_and_finds_no_edge(wo
         "model_type": "backtrader", "algo": "ppo", "symbol": SYMBOL, "interval": "1d",
         "validation": {"sharpe_ratio": None}, "env_config": EnvConfig().to_dict(), "hpo_trials": 1}, promote=False)
 
-    assert evaluate_bot.main(["--symbol", SYMBOL, "--engine", "fast", "--create-plots", "--quiet"]) == 0
+    assert evaluate_bot.main(["--symbol", SYMBOL, "--engine", "fast", "--create-plots", "--all", "--quiet"]) == 0
     out = _latest_json(workspace)
     for key in ("symbol", "interval", "split", "split_range", "engine", "market", "periods_per_year", "models",
                 "baselines", "ranking", "recommendation", "config"):
@@ -119,21 +119,45 @@ def test_evaluation_reports_every_key_skips_a_corrupt_model_and_finds_no_edge(wo
     assert rec["recommended"] is None
     assert "no model shows a significant edge over the baselines" in rec["text"]
 
-    for kind in ("performance", "drawdown", "returns_distribution", "risk_return", "trades", "rolling_sharpe"):
+    for kind in ("performance", "drawdown", "returns_distribution", "risk_return", "trades", "rolling_sharpe",
+                 "rolling_volatility"):
         png = Path(out["plots"][kind])
         assert png.name.startswith(f"{kind}_{SYMBOL}_") and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.stat().st_size > 10_000
     html = Path(out["report_html"]).read_text()
-    assert html.count("data:image/png;base64,") == 6 and "no model shows a significant edge" in html
+    assert html.count("data:image/png;base64,") == 7 and "no model shows a significant edge" in html
     assert good.run_id in html and "checksum_failed" in html
 
     printed = capsys.readouterr().out
     assert "no model shows a significant edge" in printed and "results: " in printed
 
 
+def test_champions_by_default_plus_the_runs_named_and_every_run_with_all(workspace):
+    _prepare_data()
+    champion = _register_ppo(1)
+    challenger = _register_ppo(2, promote=False)
+    older = _register_ppo(3, promote=False)
+    registry = Registry()
+
+    def ids(records) -> list[str]:
+        return [r.run_id for r in records]
+
+    assert ids(compare.select_models(registry, SYMBOL, "1d", None)) == [champion.run_id]
+    named = compare.select_models(registry, SYMBOL, "1d", [challenger.run_id, champion.run_id, challenger.run_id])
+    assert ids(named) == [champion.run_id, challenger.run_id]  # each run once, champions first
+    every = ids(compare.select_models(registry, SYMBOL, "1d", None, all_runs=True))
+    assert sorted(every) == sorted([champion.run_id, challenger.run_id, older.run_id])
+    assert compare.select_models(registry, SYMBOL, "1h", None) == []  # another interval has no champion
+
+    assert evaluate_bot.main(["--symbol", SYMBOL, "--engine", "fast", "--models", older.run_id, "--quiet"]) == 0
+    out = _latest_json(workspace)
+    assert set(out["models"]) == {champion.run_id, older.run_id}
+    assert out["model_selection"] == {"all_runs": False, "named": [older.run_id]}
+
+
 def test_synthetic_mode_skips_models_with_another_feature_set_and_compares_engines(workspace):
     _prepare_data()
-    other = _register_ppo(3, feature_columns=["f_something_else"])
+    other = _register_ppo(3, feature_columns=["f_something_else"])  # the champion: evaluated by default
     assert evaluate_bot.main(["--symbol", SYMBOL, "--synthetic", "--seed", "5", "--bars", "1200", "--engine", "both",
                               "--quiet"]) == 0
     out = _latest_json(workspace)
@@ -239,10 +263,53 @@ def test_baselines_map_targets_to_box_and_discrete_actions():
     assert set(_decisions(BuyAndHold(), _env(action_mode="discrete"))) == {2}  # levels -1, 0, 1
     assert set(_decisions(Flat(), _env(action_mode="discrete"))) == {1}
     assert set(_decisions(Flat(), _env(action_mode="discrete", allow_short=False))) == {0}  # levels 0, .5, 1
+    # long-only Box: the env holds (a + 1) / 2, so cash is the action -1 (the action 0 would hold half long)
+    assert set(map(tuple, _decisions(Flat(), _env(allow_short=False)))) == {(-1.0,)}
+    assert set(map(tuple, _decisions(BuyAndHold(), _env(allow_short=False)))) == {(1.0,)}
     long_only = _decisions(RandomPolicy(4), _env(allow_short=False))
-    assert min(a[0] for a in long_only) == 0.0  # never short when shorting is off
+    assert {a[0] for a in long_only} == {-1.0, 1.0}  # cash or fully long, never short when shorting is off
     with pytest.raises(ValueError, match="Box or Discrete"):
         BuyAndHold().bind(_env(action_mode="multidiscrete"))
+
+
+def _held_fractions(policy, env) -> np.ndarray:
+    """The position the env holds after each decision, as a fraction of what max_position allows at that bar
+    (units * price / (max_position * equity)), from the env's own state."""
+    obs, _ = env.reset(seed=0)
+    policy.bind(env)
+    out, done = [], False
+    while not done:
+        action, _ = policy.predict(obs)
+        obs, _, terminated, truncated, info = env.step(action)
+        out.append(info["position"] * env.data.close[env.t] / info["equity"] / env.config.max_position)
+        done = terminated or truncated
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("action_mode, allow_short", [("box", True), ("box", False), ("discrete", True),
+                                                      ("discrete", False)])
+def test_baseline_targets_mean_what_they_say_in_every_action_mode(action_mode, allow_short):
+    """Flat holds no position and buy-and-hold is fully long, whatever the action mode (issue 16: long-only Box
+    mapped Flat's target 0 to the action 0, which the env holds as 50% long); the env-stepped run and the
+    vectorised targets agree."""
+    from evaluation.backtest import run_backtest
+
+    env = _env(action_mode=action_mode, allow_short=allow_short)
+    flat = _held_fractions(Flat(), env)
+    assert flat.size > 100 and (flat == 0.0).all()
+    held = _held_fractions(BuyAndHold(), env)
+    assert np.abs(held - 1.0).max() < 0.03  # fully long (drifting with price and costs inside the band), not 0.5
+    for policy in (Flat(), BuyAndHold(), MovingAverageCrossover(3, 8), RandomPolicy(4)):
+        targets = policy.targets(env.data, env.config)
+        expected = {"flat": {0.0}, "buy_and_hold": {1.0}}.get(policy.name, {0.0, 1.0} if not allow_short else
+                                                               {-1.0, 0.0, 1.0})
+        assert set(targets[env.window - 1:-1].tolist()) <= expected, policy.name
+        stepped = run_backtest(policy, env.data, env.config, batched=False)
+        vectorised = run_backtest(policy, env.data, env.config)
+        assert stepped.equity.tobytes() == vectorised.equity.tobytes(), policy.name
+    flat_run = run_backtest(Flat(), env.data, env.config)
+    assert flat_run.n_fills == 0 and (flat_run.positions == 0).all()
+    assert np.abs(run_backtest(BuyAndHold(), env.data, env.config).exposure[env.window:] - 1.0).max() < 0.03
 
 
 def test_random_baseline_is_seeded():
@@ -280,3 +347,18 @@ def test_rolling_sharpe_matches_direct_computation():
     assert np.isnan(rs[:9]).all()
     for t in (9, 25, 49):
         assert rs[t] == pytest.approx(sharpe_ratio(r[t - 9: t + 1], 252))
+
+
+@pytest.mark.parametrize("allow_short", [True, False])
+def test_evaluation_baselines_flat_holds_nothing_and_buy_and_hold_everything(workspace, allow_short):
+    """What evaluate_bot.py reports for the baselines (box mode), long-only and long-short: flat is never in
+    the market, buy and hold always fully in it (before the fix, long-only flat held 50% long)."""
+    cfg = load_config()
+    cfg["env"]["allow_short"] = allow_short
+    data = MarketData.from_frame(_synthetic_frame(1500, seed=5), symbol=SYMBOL)
+    entries, results = compare.evaluate_baselines(data, cfg, 252, "fast", cfg["env"]["window"])
+    flat, held = entries["flat"], entries["buy_and_hold"]
+    assert flat["exposure_pct"] == 0.0 and flat["avg_abs_exposure_pct"] == 0.0 and flat["num_trades"] == 0
+    assert held["n_bars"] > 50 and held["num_trades"] == 1
+    # long from the close of the first decision bar (the order fills at the next bar) to the end
+    assert np.abs(results["buy_and_hold"].exposure[1:] - 1.0).max() < 0.03

@@ -72,7 +72,7 @@ def test_the_evaluation_report_reads_like_a_tear_sheet(workspace):
     assert "sharpe_ratio</th>" not in page  # human headers, not keys
     # the comparison rows follow the ranking
     table = page[comparison:page.index("</table>", comparison)]
-    names = re.findall(r"<tr><td>([^<]+)</td>", table)
+    names = re.findall(r"<tr(?: class='champion')?><td>([^<]+)</td>", table)
     assert names[:len(out["ranking"])] == [r["name"] for r in out["ranking"]]
     bh = out["baselines"]["buy_and_hold"]
     assert bh["beta"] == pytest.approx(1.0) and bh["information_ratio"] is None
@@ -80,3 +80,31 @@ def test_the_evaluation_report_reads_like_a_tear_sheet(workspace):
     # fits a 1400 px window: the page is capped below it and no table row is wider than the comparison's
     assert "max-width:1360px" in page and len(COLUMN_TITLES) <= 24
     assert max(row.count("<th>") for row in re.findall(r"<tr>.*?</tr>", page)) <= len(COLUMN_TITLES)
+
+
+def test_rolling_volatility_matches_a_direct_computation():
+    from evaluation.report import rolling_volatility
+
+    r = np.random.default_rng(1).normal(0, 0.01, 80)
+    vol = rolling_volatility(r, 20, 252)
+    assert np.isnan(vol[:19]).all()
+    direct = [100 * np.std(r[i - 19:i + 1], ddof=1) * math.sqrt(252) for i in range(19, 80)]
+    assert vol[19:] == pytest.approx(direct, rel=1e-9)
+    assert np.isnan(rolling_volatility(r[:5], 20, 252)).all()
+
+
+def test_yearly_returns_table_keeps_the_ranking_order_and_leaves_missing_years_blank():
+    from evaluation.report import yearly_returns_html
+
+    equity = np.array([100.0, 110.0, 121.0, 99.0, 108.9, 217.8])
+    stopped = (DAYS[:5], equity[:5])  # stopped in 2020 (an early ruin, say): no 2021 figure
+    page = yearly_returns_html([("model b", DAYS, equity), ("model a", DAYS[3:], equity[3:]), ("stopped", *stopped)])
+    rows = re.findall(r"<tr><td>([^<]+)</td>(.*?)</tr>", page)
+    assert [name for name, _ in rows] == ["model b", "model a", "stopped"]
+    cells = dict(rows)
+    assert re.findall(r">([+-][\d.]+)<|(<td></td>)", cells["stopped"]) == [("+8.9", ""), ("", "<td></td>"),
+                                                                           ("+8.9", "")]
+    assert re.findall(r">([+-][\d.]+)<", cells["model b"]) == ["+8.9", "+100.0", "+117.8"]
+    assert re.findall(r">([+-][\d.]+)<", cells["model a"]) == ["+10.0", "+100.0", "+120.0"]
+    assert "<th>2020</th><th>2021</th><th>whole period</th>" in page
+    assert yearly_returns_html([]) == ""

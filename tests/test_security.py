@@ -186,7 +186,7 @@ def test_poisoned_registry_models_never_run_their_payload(workspace):
                 "action_mode": "multidiscrete" if algo == "deepscalper" else "discrete"}
         records[name], _ = reg.register(workspace / f"{name}.zip", meta)  # a consistent sha256, as an attacker's
 
-    assert evaluate_bot_main(["--symbol", "SYN", "--engine", "fast", "--quiet"]) == 0
+    assert evaluate_bot_main(["--symbol", "SYN", "--engine", "fast", "--all", "--quiet"]) == 0
     out = json.loads(sorted((workspace / "results").glob("model_comparison_SYN_*.json"))[-1].read_text())
     for name, record in records.items():
         entry = out["models"][record.run_id]

@@ -26,9 +26,11 @@ from agents.config import load_config
 from agents.registry import Registry
 from automation.daemon import Automation
 from automation.runner import UnitResult
+from datafeed.dataset import Dataset, load_split
 from evaluation.backtest import run_backtest
 from evaluation.markets import random_walk_data
 from rl_env.config import EnvConfig
+from rl_env.data import MarketData
 from rl_env.trading_env import TradingEnv
 from trading import ledger as db
 from trading.forward import describe, forward_report
@@ -71,11 +73,12 @@ def scripted_frame(n: int = 160, seed: int = 1) -> pd.DataFrame:
     return frame
 
 
-def open_scripted_account(ledger: Ledger, config: EnvConfig, start: int, run_id: str = "scripted") -> object:
-    rows = ledger.bars("SYN", "1d")
+def open_scripted_account(ledger: Ledger, config: EnvConfig, start: int, run_id: str = "scripted",
+                          interval: str = "1d") -> object:
+    rows = ledger.bars("SYN", interval)
     with ledger.transaction() as conn:
         conn.execute(sa.insert(db.accounts).values(
-            symbol="SYN", interval="1d", model_type="deepscalper", run_id=run_id, algo="deepscalper",
+            symbol="SYN", interval=interval, model_type="deepscalper", run_id=run_id, algo="deepscalper",
             role="champion", status="active", created="2024-01-01T00:00:00+00:00",
             data_start=rows[start - config.window + 1].ts, start_bar=rows[start].ts,
             initial_cash=config.initial_cash, env_config=json.dumps(config.to_dict())))
@@ -87,15 +90,35 @@ def env_config(mode: str, **overrides) -> EnvConfig:
                      spread_bps=2.0, **overrides)
 
 
-def env_fills(frame: pd.DataFrame, config: EnvConfig, first: int, last: int, mode: str) -> list[tuple]:
+def intraday_frame(n: int = 260, seed: int = 1) -> pd.DataFrame:
+    """Hourly bars in sessions (dates) of seven bars, every fifth session cut short after three (an early close),
+    weekends skipped: the prices of :func:`scripted_frame`."""
+    frame = scripted_frame(n, seed)
+    stamps, day, k = [], pd.Timestamp("2024-01-02"), 0
+    while len(stamps) < n:
+        if day.weekday() < 5:
+            for hour in range(3 if k % 5 == 4 else 7):
+                stamps.append(day + pd.Timedelta(hours=14, minutes=30) + pd.Timedelta(hours=hour))
+            k += 1
+        day += pd.Timedelta(days=1)
+    frame.index = pd.DatetimeIndex(stamps[:n], name="timestamp")
+    return frame
+
+
+def env_fills(frame: pd.DataFrame, config: EnvConfig, first: int, last: int, mode: str,
+              interval: str = "1d") -> list[tuple]:
     """The fused-path env run on the same bars (from the account's data start) with the same policy:
-    ``(bar, units, price, commission)`` per fill and the equity per bar."""
-    data = random_walk_data(len(frame), seed=1, n_features=3).slice(first - config.window + 1, last + 1)
+    ``(bar, units, price, commission)`` per fill and the equity per bar, up to bar ``last``. Intraday, the env
+    holds every bar of ``frame`` (its session ends come from the dates of the bars that follow)."""
+    stop = len(frame) if interval != "1d" else last + 1
+    data = random_walk_data(len(frame), seed=1, n_features=3).slice(first - config.window + 1, stop)
+    data = MarketData(data.symbol, interval, frame.index.to_numpy()[first - config.window + 1: stop], data.open,
+                      data.high, data.low, data.close, data.volume, data.features, data.feature_names)
     env, policy = TradingEnv(data, config), ObsPolicy(mode)
     obs, info = env.reset(seed=0)
     fills, equity = [], [info["equity"]]
     truncated = False
-    while not truncated:
+    while not truncated and env.t < last - first + config.window - 1:
         action, _ = policy.predict(obs)
         obs, _, _, truncated, info = env.step(action)
         equity.append(info["equity"])
@@ -140,6 +163,104 @@ def test_paper_fills_equal_the_envs_on_scripted_bars(workspace, mode):
     assert report.pnl_ledger == pytest.approx(report.pnl_backtest, abs=1e-9)
 
 
+@pytest.mark.parametrize("mode", ["discrete", "multidiscrete"])
+def test_intraday_paper_trading_flattens_at_every_session_end_as_the_backtest_does(workspace, mode):
+    """Hourly sessions (one in five cut short): the bars arrive in uneven batches, some one at a time; each
+    account decides on bar t once bar t+2 is stored, so its fills, positions and equity are the env's bit for bit,
+    it is flat over the last bar of every session, and the parity replay through run_backtest agrees to 1e-9."""
+    frame = intraday_frame()
+    config = env_config(mode)
+    ledger = Ledger(f"sqlite:///{workspace / 'ledger.db'}")
+    sync_bars(ledger, "SYN", "1h", frame.iloc[:60])
+    account = open_scripted_account(ledger, config, start=40, interval="1h")
+    processed, cut = [], 60
+    for size in (1, 1, 1, 5, 1, 23, 2, 7, 1, 1, 40, 3, 1, 200):
+        cut = min(cut + size, len(frame))
+        sync_bars(ledger, "SYN", "1h", frame.iloc[:cut])
+        paper = PaperAccount(ledger, ledger.account(account.id), ObsPolicy(mode))
+        processed.append(paper.advance())
+        assert ledger.state(account.id).last_bar == ledger.bars("SYN", "1h")[cut - 3].ts  # two bars behind
+    assert sum(processed) == 60 - 40 - 2 + (len(frame) - 60)  # every bar decided once: none twice, none skipped
+
+    last = len(frame) - 3
+    fills, equity = env_fills(frame, config, 40, last, mode, interval="1h")
+    stamps = [r.ts for r in ledger.bars("SYN", "1h")]
+    first = 40 - config.window + 1
+    ledger_fills = [(stamps.index(f.bar) - first, f.units, f.price, f.commission) for f in ledger.fills_of(account.id)]
+    assert ledger_fills == fills
+    assert [v for _, v in ledger.series_of(account.id, db.equity, "equity")] == equity
+
+    # flat through the last bar of every session, in a position at other times
+    days = frame.index.normalize()
+    session_last = {stamps[i] for i in range(len(frame) - 1) if days[i + 1] != days[i]}
+    positions = dict(ledger.series_of(account.id, db.positions, "units"))
+    closing = [bar for bar in positions if bar in session_last]
+    assert len(closing) >= 30 and all(positions[bar] == 0.0 for bar in closing)
+    assert any(units != 0.0 for units in positions.values())
+
+    paper = PaperAccount(ledger, ledger.account(account.id), ObsPolicy(mode))
+    report = check_parity(paper)
+    assert report.ok and report.max_equity_diff == 0.0 and report.fills_backtest == len(fills)
+    assert report.pnl_ledger == pytest.approx(report.pnl_backtest, abs=1e-9) and report.commissions_backtest is None
+
+    # A data revision of a traded bar is caught by the parity replay, which names the bar.
+    bad = stamps[last - 30]
+    with ledger.transaction() as conn:
+        conn.execute(sa.update(db.bars).where(db.bars.c.ts == bad).values(open=db.bars.c.open * 1.02,
+                                                                             high=db.bars.c.high * 1.02))
+    paper = PaperAccount(ledger, ledger.account(account.id), ObsPolicy(mode))
+    report = check_parity(paper)
+    assert not report.ok and report.first_bad_bar is not None and report.first_bad_bar >= bad
+
+
+def _register_hourly_ppo(seed: int) -> object:
+    """An untrained PPO on the hourly SYN data, registered (champion when it is the first)."""
+    from stable_baselines3 import PPO
+
+    from agents.sb3_agent import save_sb3
+
+    cfg = load_config(overrides={"data": {"interval": "1h"}})
+    train = MarketData.from_frame(load_split(SYMBOL, "1h", "train"), SYMBOL, "1h")
+    config = EnvConfig.from_config(cfg, action_mode="discrete", training=True)
+    model = PPO("MlpPolicy", TradingEnv(train, config), n_steps=32, batch_size=32, seed=seed,
+                policy_kwargs={"net_arch": [8]}, device="cpu")
+    save_sb3(model, "ppo", {"n_steps": 32, "batch_size": 32, "net_arch": [8]}, Path(f"ppo_1h_{seed}.zip"))
+    meta = {"model_type": "backtrader", "algo": "ppo", "symbol": SYMBOL, "interval": "1h",
+            "validation": {"sharpe_ratio": 0.1 * seed}, "env_config": config.to_dict(), "action_mode": "discrete",
+            "feature_columns": list(train.feature_names)}
+    record, _ = Registry().register(Path(f"ppo_1h_{seed}.zip"), meta, promote=seed == 3, reason="test stand-in")
+    return record
+
+
+def test_intraday_trade_job_with_registered_models_keeps_parity(workspace):
+    """trade_symbol on hourly bars (sessions of 24 bars) with a registered champion and a shadow: accounts open
+    two bars behind the newest, every later bar is decided once, and the replay through run_backtest agrees."""
+    assert data_pipeline.main(["--symbols", SYMBOL, "--source", "synthetic", "--interval", "1h", "--bars", "1100",
+                               "--seed", "3", "--quiet"]) == 0
+    champion, shadow = _register_hourly_ppo(3), _register_hourly_ppo(1)
+    cfg = load_config(overrides={"model_types": ["backtrader"], "data": {"interval": "1h"}})
+    ledger = Ledger.from_config(cfg)
+    first = trade_symbol(SYMBOL, cfg, ledger)
+    stamps = [r.ts for r in ledger.bars(SYMBOL, "1h")]
+    assert {a["run_id"]: a["role"] for a in first["accounts"]} == {champion.run_id: "champion",
+                                                                   shadow.run_id: "shadow"}
+    assert {a.start_bar for a in ledger.accounts()} == {stamps[-3]}  # the newest decidable bar
+    _move_starts_back(ledger, 72, interval="1h")
+    second = trade_symbol(SYMBOL, cfg, ledger)
+    assert {a["processed"] for a in second["accounts"]} == {71}  # up to two bars before the newest
+    assert all(a["parity"]["ok"] and a["parity"]["max_equity_diff"] <= 1e-9 for a in second["accounts"])
+    days = [s[:10] for s in stamps]
+    session_last = {stamps[i] for i in range(len(stamps) - 1) if days[i + 1] != days[i]}
+    held = []
+    for run in second["accounts"]:
+        positions = dict(ledger.series_of(run["account_id"], db.positions, "units"))
+        closing = [positions[b] for b in positions if b in session_last]
+        assert len(closing) >= 2 and closing == [0.0] * len(closing)  # flat over each session's last bar
+        held += [u for u in positions.values() if u]
+    assert held  # and in a position at other times
+    ledger.close()
+
+
 def _orders(ledger: Ledger, account_id: int) -> list:
     with ledger.engine.connect() as conn:
         return list(conn.execute(sa.select(db.orders).where(db.orders.c.account_id == account_id)))
@@ -179,15 +300,14 @@ def test_signal_on_the_newest_bar_is_the_backtests_decision_there(workspace, cap
     record = _register_ppo(1)
     cfg = load_config()
     out = compute_signals(SYMBOL, cfg, now=datetime(2005, 10, 2, tzinfo=UTC))
-    test = pd.read_csv(workspace / "data" / "SYN_1d_test_data.csv")
-    assert out["bar"] == test["timestamp"].iloc[-1] and out["stale"] is False and out["data_age_days"] == 2.0
+    newest = load_split(SYMBOL, "1d", "test").index[-1].strftime("%Y-%m-%d")
+    assert out["bar"] == newest and out["stale"] is False and out["data_age_days"] == 2.0
     model = out["models"][0]
     assert model["run_id"] == record.run_id and model["is_champion"]
     assert model["decision"]["order_type"] in ("market", "none") and len(model["decision"]["why"]["values"]) == 3
 
     # The backtest's decision on bar k (run over the whole split) equals the signal computed when k was newest.
     from agents import load_registered
-    from datafeed.dataset import load_split
     from rl_env.data import MarketData
     from trading.signals import model_env_config
 
@@ -242,8 +362,7 @@ def test_shadow_challengers_trade_the_same_bars_and_parity_catches_revisions_and
 
     # A data revision of a traded bar: named in an alert, recorded once.
     automation = Automation(cfg)
-    split = workspace / "data" / "SYN_1d_test_data.csv"
-    frame = pd.read_csv(split, index_col="timestamp", parse_dates=["timestamp"])
+    frame = Dataset.open(SYMBOL, "1d").split("test")
     revised = frame.copy()
     revised.iloc[-10, revised.columns.get_loc("close")] *= 1.01
     revised.iloc[-10, revised.columns.get_loc("high")] *= 1.01
@@ -269,10 +388,10 @@ def test_shadow_challengers_trade_the_same_bars_and_parity_catches_revisions_and
     assert len(parity) == 1 and f"bar {bad}" in parity[0]["message"]
 
 
-def _move_starts_back(ledger: Ledger, bars_back: int) -> None:
+def _move_starts_back(ledger: Ledger, bars_back: int, interval: str = "1d") -> None:
     """Restart every account ``bars_back`` bars earlier with an empty history, as if it had been opened then
     (the stored bars after it play the bars that arrived since)."""
-    stamps = [r.ts for r in ledger.bars(SYMBOL, "1d")]
+    stamps = [r.ts for r in ledger.bars(SYMBOL, interval)]
     with ledger.transaction() as conn:
         for account in ledger.accounts():
             for table in (db.decisions, db.fills, db.equity, db.cash, db.positions, db.orders):
@@ -411,7 +530,7 @@ def _append_bars(csv: Path, today) -> None:
 
 @pytest.mark.slow
 def test_thirty_days_of_the_daemon_trade_daily_retrain_weekly(workspace, simulated_time):  # noqa: F811
-    start = berlin(2024, 4, 8, 0, 30)  # a Monday, after the switch to summer time (see the report on DST)
+    start = berlin(2024, 3, 25, 0, 30)  # a Monday; summer time starts on Sunday 31 March (02:00 does not exist)
     rng = np.random.default_rng(7)
     days = pd.date_range(end=start.date() - timedelta(days=1), periods=420, freq="D")
     close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, len(days))))
@@ -436,7 +555,7 @@ def test_thirty_days_of_the_daemon_trade_daily_retrain_weekly(workspace, simulat
     assert len(trades) >= 30 and all(h["outcome"] == "ok" for h in trades)  # after every data update and promotion
     kinds = [a["kind"] for a in state["alerts"]]
     assert kinds.count("job_failed") == 2 and "parity" not in kinds and "data_revision" not in kinds
-    assert runner.trained == 5  # the five Mondays from 8 April to 6 May
+    assert runner.trained == 5  # the five Mondays from 25 March to 22 April, once each across the DST switch
 
     ledger = Ledger.from_config(load_config())
     stamps = [r.ts for r in ledger.bars(SYMBOL, "1d")]
@@ -448,8 +567,9 @@ def test_thirty_days_of_the_daemon_trade_daily_retrain_weekly(workspace, simulat
         assert bars == stamps[stamps.index(account.start_bar): stamps.index(bars[-1]) + 1]
         paper = PaperAccount.from_registry(ledger, account, Registry())
         assert check_parity(paper).ok
-    newest = max(accounts, key=lambda a: a.id)  # promoted on 6 May: traded its first bars that week
-    assert newest.role == "champion" and ledger.state(newest.id).last_bar == stamps[-1] == "2024-05-06"
+    newest = max(accounts, key=lambda a: a.id)  # promoted on 22 April: traded its first bars that week
+    # 30 x 24 hours from 00:30 winter time end at 01:30 summer time on 24 April: that day's update ran
+    assert newest.role == "champion" and ledger.state(newest.id).last_bar == stamps[-1] == "2024-04-23"
 
 
 def test_the_ledger_url_password_is_never_shown(workspace, monkeypatch, caplog):

@@ -11,6 +11,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from agents.config import DEFAULTS
 from botcore.errors import ConfigError, DataError
+from botcore.markets import MARKET_COSTS
 from deepscalper.config import DeepScalperConfig, training_env_overrides
 from evaluation.markets import random_walk_data
 from rl_env import EnvConfig, MarketData, TradingEnv
@@ -302,7 +303,7 @@ def test_env_config_from_config_and_round_trip():
     assert train.hindsight_weight == DEFAULTS["deepscalper"]["hindsight_weight"]
     assert train.hindsight_horizon == DEFAULTS["deepscalper"]["hindsight_horizon"]
     assert train.vol_horizon == DEFAULTS["deepscalper"]["vol_horizon"] and train.random_start
-    assert train.commission_rate == DEFAULTS["data"]["costs"]["commission_rate"]
+    assert train.commission_rate == MARKET_COSTS["equity"]["commission_rate"]  # null in the config: the default
     plain = EnvConfig.from_config(cfg_tree, "discrete", training=True)
     assert plain.hindsight_weight == 0.0 and plain.episode_length == DEFAULTS["env"]["episode_length"]
     evaluation = EnvConfig.from_config(cfg_tree, "multidiscrete", training=False, **shaping)
@@ -335,3 +336,38 @@ def test_market_data_from_frame_round_trip_and_bad_values():
         MarketData.from_frame(frame, "SYN", "1d")
     with pytest.raises(DataError, match="window"):
         TradingEnv(data, EnvConfig(window=60))
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_a_thousand_episodes():
+    """1,000 episodes of TradingEnv and of the one-env TradingVecEnv (every mode, random starts, fills): the
+    memory Python holds after the 1,000th episode is what it was after the 100th (nothing accumulates)."""
+    import tracemalloc
+
+    from rl_env import TradingVecEnv
+
+    data = random_walk_data(400, seed=3, interval="1h")
+    rng = np.random.default_rng(0)
+    for mode in ("discrete", "multidiscrete", "box"):
+        config = EnvConfig(window=6, action_mode=mode, episode_length=6, hindsight_weight=0.1, hindsight_horizon=2,
+                           vol_horizon=3)
+        env, vec = TradingEnv(data, config), TradingVecEnv(data, config, 1, seed=0)
+        env.reset(seed=0)
+        vec.reset()
+        actions = [env.action_space.sample() for _ in range(64)]
+        tracemalloc.start()
+        try:
+            held = {}
+            for episode in range(1, 1001):
+                done = False
+                while not done:
+                    _, _, terminated, truncated, _ = env.step(actions[int(rng.integers(64))])
+                    done = terminated or truncated
+                env.reset()
+                while not vec.step(np.asarray([actions[int(rng.integers(64))]]))[2][0]:
+                    pass
+                if episode in (100, 1000):
+                    held[episode] = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        assert held[1000] - held[100] < 16_384, (mode, held)

@@ -49,6 +49,36 @@ def test_vec_env_matches_single_envs_exactly(mode, reward):
     assert fills > 20
 
 
+@pytest.mark.parametrize("mode", ["discrete", "multidiscrete", "box"])
+@pytest.mark.parametrize("session_episodes", [False, True])
+def test_one_env_steps_through_trading_env_exactly_like_the_array_path(mode, session_episodes):
+    """n_envs=1 runs TradingEnv's own step (full_info=True keeps the array path): same observations, rewards,
+    dones, terminal observations, episode starts and per-env arrays over many automatic resets."""
+    data = random_walk_data(400, seed=5, interval="1h")
+    config = EnvConfig(window=6, action_mode=mode, episode_length=25, session_episodes=session_episodes,
+                       hindsight_weight=0.1, hindsight_horizon=3, commission_min=1.0, reward="risk_adjusted")
+    fast, arrays = TradingVecEnv(data, config, 1, seed=3), TradingVecEnv(data, config, 1, seed=3, full_info=True)
+    assert fast._single and not arrays._single
+    np.testing.assert_array_equal(fast.reset(), arrays.reset())
+    rng = np.random.default_rng(9)
+    dones = 0
+    for _ in range(300):
+        actions = _actions(mode, rng, 1)
+        a, b = fast.step(actions), arrays.step(actions)
+        np.testing.assert_array_equal(a[0], b[0])
+        assert a[0].dtype == b[0].dtype == np.float32 and a[1].dtype == b[1].dtype == np.float32
+        np.testing.assert_array_equal(a[1], b[1])
+        np.testing.assert_array_equal(a[2], b[2])
+        if a[2][0]:
+            dones += 1
+            np.testing.assert_array_equal(a[3][0]["terminal_observation"], b[3][0]["terminal_observation"])
+            assert a[3][0]["TimeLimit.truncated"] == b[3][0]["TimeLimit.truncated"]
+        for name in ("t", "t0", "t_end", "cash", "units", "avg_price", "equity", "peak", "last_pnl", "last_cost",
+                     "last_commission", "last_fill_price", "last_fill_qty", "last_hindsight"):
+            np.testing.assert_array_equal(getattr(fast, name), getattr(arrays, name), err_msg=name)
+    assert dones >= 8
+
+
 def test_auto_reset_terminal_observation_and_seeding():
     data = random_walk_data(200, seed=4)
     config = EnvConfig(window=5, episode_length=10)

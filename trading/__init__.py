@@ -7,5 +7,8 @@ backtest, and forward monitoring.
 - ``ledger``: the paper-trading database (SQLAlchemy Core: SQLite by default, any SQLAlchemy URL).
 - ``paper``: the paper broker (fills with :mod:`rl_env.broker`, the env's own rules), shadow accounts, and the
   parity check against :func:`evaluation.backtest.run_backtest`.
-- ``forward``: the forward (paper) results of an account against what its validation period made plausible.
+- ``forward``: the forward (paper) results of an account against what its validation period made plausible, and
+  the promotion rule applied to a shadow challenger's forward returns (:func:`~trading.forward.judge_shadow`).
+- ``brokers``: the broker interface (submit, cancel, positions, account), the local paper broker (the default)
+  and an Alpaca paper-account adapter on alpaca-py.
 """

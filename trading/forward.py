@@ -15,9 +15,14 @@ its metadata). On their returns (simple, per bar, net of costs, as :mod:`evaluat
     significantly below everything the validation period made plausible: ``sharpe_implausible``.
   * **Drawdown**: the forward max drawdown is deeper than ``monitoring.forward_drawdown_factor`` (1.5) times the
     validation max drawdown: ``drawdown_implausible``.
+
+Forward promotion (:func:`judge_shadow`): a shadow challenger's forward returns against the champion's, on the
+bars both accounts marked after both models' training data ended, through the one promotion rule
+(:func:`evaluation.promotion.judge_forward`) with the best baseline backtested on the same bars.
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +30,8 @@ from typing import Any
 import numpy as np
 
 from evaluation.metrics import max_drawdown, probabilistic_sharpe_ratio, sharpe_ratio
+from evaluation.promotion import PromotionRule, best_baseline_sharpe, judge_forward
+from rl_env.config import EnvConfig
 
 
 def _finite(value: Any) -> float | None:
@@ -127,3 +134,53 @@ def account_status(ledger: Any, account: Any, validation: dict[str, Any], ppy: f
         "training_data_end": account.training_data_end, "parity_bar": account.parity_bar,
         "forward": forward_report(curve, account.training_data_end, ppy, validation, monitoring),
     }
+
+
+# --- forward promotion ---------------------------------------------------------------------------------------
+
+def paired_forward_equity(ledger: Any, challenger: Any, champion: Any) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The two accounts' equity on their common bars after BOTH models' training data ended, oldest first:
+    ``(bars, challenger equity, champion equity)``. Both accounts mark every stored bar from their start, so the
+    common bars are consecutive; the first forward bar's equity is the base of the first return (as in
+    :func:`forward_report`). Empty when a model's training data end is unknown (its forward bars are too)."""
+    from trading import ledger as db
+
+    ends = [challenger.training_data_end, champion.training_data_end]
+    if None in ends:
+        return [], np.empty(0), np.empty(0)
+    data_end = max(ends)
+    mine = dict(ledger.series_of(challenger.id, db.equity, "equity"))
+    theirs = dict(ledger.series_of(champion.id, db.equity, "equity"))
+    bars = sorted(b for b in mine.keys() & theirs.keys() if b > data_end)
+    return (bars, np.array([mine[b] for b in bars], dtype=np.float64),
+            np.array([theirs[b] for b in bars], dtype=np.float64))
+
+
+def judge_shadow(ledger: Any, challenger: Any, champion: Any, cfg: dict[str, Any], ppy: float) -> dict[str, Any]:
+    """The promotion rule (:func:`evaluation.promotion.judge_forward`) on a shadow challenger's forward returns
+    against the champion's on the same bars, with the best baseline backtested on those bars (from the ledger's
+    stored bars, the costs of the symbol's market). Returns the decision with the bars it was judged on."""
+    from trading.paper import bars_data  # paper imports the broker and the models; forward stays light
+
+    bars, mine, theirs = paired_forward_equity(ledger, challenger, champion)
+    out: dict[str, Any] = {"run_id": challenger.run_id, "champion": champion.run_id, "bars": len(bars),
+                           "from": bars[0] if bars else None, "to": bars[-1] if bars else None}
+    rule = PromotionRule.from_config(cfg)
+    if None in (challenger.training_data_end, champion.training_data_end):
+        out["decision"] = {"promoted": False, "reason": "the training data end of a model is unknown, so its "
+                                                        "forward bars are too"}
+        return out
+    returns = (mine[1:] / mine[:-1] - 1.0, theirs[1:] / theirs[:-1] - 1.0) if len(bars) > 1 else (
+        np.empty(0), np.empty(0))
+    baseline = None
+    if len(bars) - 1 >= rule.forward_min_bars:
+        window = EnvConfig.from_dict(json.loads(champion.env_config)).window
+        rows = ledger.bars(champion.symbol, champion.interval)
+        stamps = [r.ts for r in rows]
+        first = stamps.index(bars[0]) - window + 1
+        if first >= 0:  # the baselines decide from the first forward bar on: their returns are on the same bars
+            names = ledger.feature_names(champion.symbol, champion.interval) or []
+            data = bars_data(rows[first: stamps.index(bars[-1]) + 1], champion.symbol, champion.interval, names)
+            baseline = best_baseline_sharpe(data, window, cfg, ppy)
+    out["decision"] = judge_forward(returns[0], returns[1], baseline, ppy, rule).to_dict()
+    return out

@@ -40,6 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from botcore import paths
+from botcore.dburl import connect_args, sqlalchemy_url
 from botcore.errors import UserError
 from botcore.redact import redact
 
@@ -199,7 +200,7 @@ class Ledger:
         self.url = url
         self.shown_url = redact(url)
         try:
-            self.engine: Engine = sa.create_engine(url, future=True)
+            self.engine: Engine = sa.create_engine(sqlalchemy_url(url), future=True, connect_args=connect_args(url))
             if self.engine.dialect.name == "sqlite":
                 sa.event.listen(self.engine, "connect", _sqlite_pragmas)
             metadata.create_all(self.engine)

@@ -19,8 +19,11 @@ For each symbol, after a data update (:func:`trade_symbol`):
    :func:`evaluation.backtest.run_backtest` with the same model must give the same equity, positions, fills,
    commissions and P&L to 1e-9. A divergence names the first bar where it appears.
 
-Daily bars only: on intraday data the env flattens before a session's last bar, which the newest bar cannot
-know yet (the next bar's date), so paper trading would diverge from the backtest there.
+**Intraday bars.** With ``env.close_at_session_end`` the env orders the position flat at the decision on bar t
+when bar t+1 is its session's last, which shows only on bar t+2's date. An intraday account therefore decides
+on bar t once bar t+2 is stored (:func:`~trading.signals.session_lag`): its ledger trails the data by two bars,
+the model still sees bars up to t only, and the order fills in bar t+1 with the env's rules, so the flattening
+at every session end is exactly the backtest's. The parity replay runs over the ledger's bars plus those two.
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ from rl_env.broker import account_value, execute, fill_price
 from rl_env.config import EnvConfig
 from rl_env.data import MarketData
 from trading import ledger as db
+from trading.brokers import PaperBroker
 from trading.ledger import AccountState, Ledger
 from trading.signals import (
     ForwardEnv,
@@ -51,6 +55,7 @@ from trading.signals import (
     bar_time,
     check_features,
     model_env_config,
+    session_lag,
     training_data_end,
 )
 
@@ -181,22 +186,26 @@ def ensure_accounts(ledger: Ledger, registry: Registry, cfg: dict[str, Any], sym
 
 
 def _open_account(ledger: Ledger, record: RunRecord, cfg: dict[str, Any], role: str, stamp: str) -> None:
-    """A new account starting on the newest stored bar (its window of bars before it must be stored)."""
+    """A new account starting on the newest decidable stored bar (the newest, or on intraday bars the third
+    newest: :func:`~trading.signals.session_lag`); its window of bars before it must be stored."""
     config = model_env_config(record, cfg)
     stored = ledger.bars(record.symbol, record.interval)
-    if len(stored) < config.window + 1:
+    lag = session_lag(record.interval, config)
+    if len(stored) < config.window + 1 + lag:
         logger.warning("%s: %d stored bars, the model %s needs %d before it can trade on paper", record.symbol,
-                       len(stored), record.run_id, config.window + 1)
+                       len(stored), record.run_id, config.window + 1 + lag)
         return
+    start = len(stored) - 1 - lag
     with ledger.transaction() as conn:
         conn.execute(sa.insert(db.accounts).values(
             symbol=record.symbol, interval=record.interval, model_type=record.model_type, run_id=record.run_id,
             algo=record.algo, role=role, status="active", created=stamp,
-            data_start=stored[-config.window].ts, start_bar=stored[-1].ts, initial_cash=config.initial_cash,
+            data_start=stored[start - config.window + 1].ts, start_bar=stored[start].ts,
+            initial_cash=config.initial_cash,
             env_config=json.dumps(config.to_dict()), training_data_end=training_data_end(record),
             champion_since=stamp if role == "champion" else None))
     logger.info("%s: paper account for %s %s (%s) opened at bar %s", record.symbol, record.model_type, record.run_id,
-                role, stored[-1].ts)
+                role, stored[start].ts)
 
 
 # --- trading the new bars ----------------------------------------------------------------------------------
@@ -234,6 +243,7 @@ class PaperAccount:
         self.stamps = [r.ts for r in self.rows]
         self.data = bars_data(self.rows, account.symbol, account.interval, names)
         self.start = self.stamps.index(account.start_bar)
+        self.lag = session_lag(account.interval, self.config)  # bars stored after the newest decidable one
 
     @classmethod
     def from_registry(cls, ledger: Ledger, account: Any, registry: Registry) -> PaperAccount:
@@ -244,21 +254,23 @@ class PaperAccount:
         return paper
 
     def advance(self, now: datetime | None = None) -> int:
-        """Process every stored bar after the account's last one, one transaction per bar. Returns the number
-        of bars processed; an exception leaves the bars before it committed and the failing one untouched."""
+        """Process every decidable stored bar after the account's last one (all of them on daily bars; on
+        intraday bars all but the newest two), one transaction per bar. Returns the number of bars processed;
+        an exception leaves the bars before it committed and the failing one untouched."""
         state = self.ledger.state(self.account.id)
         first = self.start if state.last_bar is None else self.stamps.index(state.last_bar) + 1
-        if first >= len(self.rows) or self.account.status != "active":
+        end = len(self.rows) - self.lag
+        if first >= end or self.account.status != "active":
             return 0
         env = ForwardEnv(self.data, self.config)
         try:
-            for i in range(first, len(self.rows)):
+            for i in range(first, end):
                 state = self._bar(env, i, state, now)
                 if state is None:  # ruined
                     return i - first + 1
         finally:
             env.close()
-        return len(self.rows) - first
+        return end - first
 
     def _bar(self, env: ForwardEnv, i: int, state: AccountState, now: datetime | None) -> AccountState | None:
         """Fill the pending order in bar i, mark at its close, decide on it: one transaction."""
@@ -302,9 +314,7 @@ class PaperAccount:
                 limit_price=limit_price, why=json.dumps(self.policy.explain(obs)), decided=_now_iso(now)))
             new_pending = None
             if qty:
-                order_id = conn.execute(sa.insert(db.orders).values(
-                    account_id=acc.id, decided_bar=bar.ts, units=float(qty), limit_price=limit_price,
-                    status="pending")).inserted_primary_key[0]
+                order_id = PaperBroker.place(conn, acc.id, bar.ts, float(qty), limit_price)
                 new_pending = {"id": order_id, "units": float(qty), "limit_price": limit_price}
         return AccountState(bar.ts, cash, units, avg, equity, new_pending)
 
@@ -315,7 +325,11 @@ class PaperAccount:
 class ParityReport:
     """The ledger of one account against a backtest replay of its bars with the same model.
 
-    :param first_bad_bar: the first bar whose equity or position differs beyond PARITY_TOLERANCE (None: none).
+    :param first_bad_bar: the first bar whose equity, position or fill differs beyond PARITY_TOLERANCE (None:
+        none).
+    :param commissions_backtest: the replay's commissions; None on an intraday replay, which runs two bars past
+        the ledger's last (:func:`~trading.signals.session_lag`) and so holds fills the ledger has not made yet:
+        there the commissions are checked through each bar's equity (cash net of every commission) and each fill.
     """
 
     ok: bool
@@ -327,7 +341,7 @@ class ParityReport:
     fills_ledger: int
     fills_backtest: int
     commissions_ledger: float
-    commissions_backtest: float
+    commissions_backtest: float | None
     detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -335,8 +349,9 @@ class ParityReport:
 
 
 def check_parity(paper: PaperAccount) -> ParityReport:
-    """Replay the account's bars (its observation window and every bar it processed) through
-    :func:`~evaluation.backtest.run_backtest` with the same model and compare bar by bar."""
+    """Replay the account's bars (its observation window, every bar it processed and, intraday, the two bars
+    after them that its last decisions read) through :func:`~evaluation.backtest.run_backtest` with the same
+    model and compare bar by bar: equity, position, and every fill's bar, units and price."""
     ledger, acc = paper.ledger, paper.account
     eq = ledger.series_of(acc.id, db.equity, "equity")
     pos = ledger.series_of(acc.id, db.positions, "units")
@@ -347,7 +362,8 @@ def check_parity(paper: PaperAccount) -> ParityReport:
         return ParityReport(True, len(eq), None, 0.0, pnl, pnl, ledger_fills, 0, ledger_commissions, 0.0,
                             "nothing to replay yet")
     last = paper.stamps.index(eq[-1][0])
-    result = run_backtest(paper.policy, paper.data.slice(0, last + 1), paper.config, engine="fast")
+    replay = paper.data.slice(0, min(last + 1 + paper.lag, len(paper.stamps)))
+    result = run_backtest(paper.policy, replay, paper.config, engine="fast")
     bt_bars = [bar_time(ts, acc.interval) for ts in result.timestamps]
     first_bad, worst = None, 0.0
     for k, (bar, value) in enumerate(eq):
@@ -358,17 +374,27 @@ def check_parity(paper: PaperAccount) -> ParityReport:
         if first_bad is None and not (_close(value, float(result.equity[k]))
                                       and _close(pos[k][1], float(result.positions[k]))):
             first_bad = bar
-    if first_bad is None and len(bt_bars) != len(eq):
+    whole = replay.n_bars == last + 1  # the replay ends on the ledger's last bar (daily bars)
+    if first_bad is None and (len(bt_bars) < len(eq) or (whole and len(bt_bars) != len(eq))):
         first_bad = bt_bars[len(eq)] if len(bt_bars) > len(eq) else eq[-1][0]
-    pnl_ledger, pnl_backtest = eq[-1][1] - eq[0][1], float(result.equity[-1] - result.equity[0])
-    totals_ok = (ledger_fills == result.n_fills and _close(ledger_commissions, result.commissions)
-                 and _close(pnl_ledger, pnl_backtest))
+    bt_fills = [f for f in result.fills if f["bar"] <= last]
+    for mine, theirs in zip(fills, bt_fills):
+        bar = bar_time(replay.timestamps[theirs["bar"]], acc.interval)
+        if first_bad is None and not (mine.bar == bar and _close(mine.units, theirs["qty"])
+                                      and _close(mine.price, theirs["price"])):
+            first_bad = min(mine.bar, bar)
+    k_last = min(len(eq), len(bt_bars)) - 1
+    pnl_ledger, pnl_backtest = eq[-1][1] - eq[0][1], float(result.equity[k_last] - result.equity[0])
+    bt_commissions = float(result.commissions) if whole else None
+    totals_ok = (ledger_fills == len(bt_fills) and _close(pnl_ledger, pnl_backtest)
+                 and (bt_commissions is None or _close(ledger_commissions, bt_commissions)))
     ok = first_bad is None and totals_ok
     detail = "" if ok else (f"first divergent bar {first_bad}" if first_bad else
-                            f"totals differ: fills {ledger_fills} vs {result.n_fills}, commissions "
-                            f"{ledger_commissions:.6f} vs {result.commissions:.6f}")
+                            f"totals differ: fills {ledger_fills} vs {len(bt_fills)}, commissions "
+                            f"{ledger_commissions:.6f} vs {bt_commissions if bt_commissions is not None else 'n/a'}"
+                            f", P&L {pnl_ledger:.6f} vs {pnl_backtest:.6f}")
     return ParityReport(ok, len(eq), first_bad or (None if ok else eq[-1][0]), worst, pnl_ledger, pnl_backtest,
-                        ledger_fills, result.n_fills, ledger_commissions, float(result.commissions), detail)
+                        ledger_fills, len(bt_fills), ledger_commissions, bt_commissions, detail)
 
 
 # --- one symbol --------------------------------------------------------------------------------------------
@@ -382,9 +408,6 @@ def trade_symbol(symbol: str, cfg: dict[str, Any], ledger: Ledger, registry: Reg
         parity report. An account whose model cannot be loaded is reported with its error; the others trade.
     """
     interval = cfg["data"]["interval"]
-    if interval != "1d":
-        raise UserError(f"paper trading runs on daily bars; data.interval is {interval} (intraday session ends "
-                        "cannot be known on the newest bar)")
     registry = registry or Registry.from_config(cfg)
     frame = Dataset.open(symbol, interval).split("test")
     sync = sync_bars(ledger, symbol, interval, frame, now)

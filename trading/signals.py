@@ -25,6 +25,7 @@ import numpy as np
 from agents import Registry, RunRecord, load_registered
 from agents.registry import MODEL_TYPES
 from botcore.errors import ModelFileError, UserError
+from botcore.markets import infer_market
 from datafeed.dataset import Dataset
 from evaluation.backtest import evaluation_config, evaluation_env_config
 from rl_env.config import EnvConfig
@@ -89,27 +90,41 @@ def explain(model: Any, obs: np.ndarray) -> dict[str, Any]:
                 "std": dist.stddev[0].cpu().numpy().tolist()}
 
 
+def session_lag(interval: str, config: EnvConfig) -> int:
+    """Bars that must follow a bar before a forward decision on it is the env's: 2 on intraday data with
+    ``close_at_session_end``, 0 otherwise.
+
+    The env orders the position flat at the decision on bar ``t`` when bar ``t+1`` is the last of its session
+    (date), and whether it is shows only on bar ``t+2``'s date (``TradingEnv.force_flat[t] =
+    session_last[t+1]``). Deciding on bar ``t`` once bar ``t+2`` is stored applies exactly that rule, with the
+    env's own code; the model still sees bars up to ``t`` only, and its order still fills in bar ``t+1``.
+    """
+    return 2 if interval != "1d" and config.close_at_session_end else 0  # intraday as MarketData.intraday
+
+
 class ForwardEnv(TradingEnv):
     """TradingEnv over the bars seen so far, placed at any bar with any account, for one forward decision.
 
     ``observe`` gives the observation of bar ``t`` for an account ``(cash, units, avg_price, equity)`` with the
     env's own observation code; ``decide_order`` (inherited) then turns the model's action into the order.
-    Both read bars up to ``t`` only (features, volatility, close; daily bars have no session end to look at).
-    TradingEnv needs a bar after its first decision bar, so the env holds a copy of the last bar after it
-    (a placeholder nothing reads): ``data`` may end on the decision bar, as it does in forward trading.
+    Both read bars up to ``t`` only (features, volatility, close), and the session flattening reads the dates
+    of bars ``t+1`` and ``t+2`` as the env does (:func:`session_lag`): a decision is possible on the bars
+    ``< decidable``. Without session flattening (daily bars) TradingEnv still needs a bar after its first
+    decision bar, so the env holds a copy of the last bar after it (a placeholder nothing reads): ``data`` may
+    end on the decision bar, as it does in forward trading.
     """
 
     def __init__(self, data: MarketData, config: EnvConfig) -> None:
-        if data.intraday:
-            raise UserError("forward decisions run on daily bars (an intraday session's end is not known on its "
-                            "newest bar)")
-        self.bars_seen = data.n_bars
-        super().__init__(_with_placeholder(data), evaluation_config(config))
+        config = evaluation_config(config)
+        lag = session_lag(data.interval, config)
+        self.decidable = data.n_bars - lag
+        super().__init__(data if lag else _with_placeholder(data), config)
         self.reset(seed=0)
 
     def observe(self, t: int, cash: float, units: float, avg_price: float, equity: float) -> np.ndarray:
-        if not self.window - 1 <= t < self.bars_seen:
-            raise ValueError(f"bar {t} has no full observation window in {self.bars_seen} bars")
+        if not self.window - 1 <= t < self.decidable:
+            raise ValueError(f"bar {t} has no full observation window or is not decidable yet "
+                             f"({self.decidable} decidable bars)")
         self.t, self.cash, self.units, self.avg_price, self.equity = t, cash, units, avg_price, equity
         return self._obs()
 
@@ -208,7 +223,8 @@ def model_env_config(record: RunRecord, cfg: dict[str, Any]) -> EnvConfig:
     stored = record.metadata.get("env_config")
     if not isinstance(stored, dict):
         raise ModelFileError(f"{record.path}/metadata.json holds no env_config; cannot rebuild the model's env")
-    return evaluation_env_config(cfg, record.metadata.get("action_mode") or "discrete", trained=stored)
+    return evaluation_env_config(cfg, record.metadata.get("action_mode") or "discrete", trained=stored,
+                                 market=infer_market(record.symbol))
 
 
 def check_features(record: RunRecord, data: MarketData) -> None:

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from agents.registry import Registry, new_run_id
+from agents.base import tensorboard_writer
+from agents.registry import PRUNING_SUFFIX, Registry, RunRecord, folder_size, new_run_id
 from botcore import paths
 from botcore.atomic import STALE_TEMP_SECONDS, atomic_write_text, remove_stale_temp_files
 from botcore.errors import UserError
@@ -183,6 +184,9 @@ def sweep_leftovers(older_than: float = STALE_TEMP_SECONDS) -> None:
     for folder in [paths.models_dir(), root, *folders, paths.results_dir(), *curve_folders]:
         for tmp in remove_stale_temp_files(folder, older_than=older_than):
             logger.warning("removed %s, left by an interrupted write", tmp)
+    for folder in root.glob(f".*{PRUNING_SUFFIX}") if root.is_dir() else []:
+        shutil.rmtree(folder, ignore_errors=True)
+        logger.warning("removed %s, a checkpoint whose pruning was interrupted", folder)
     for folder in Path(tempfile.gettempdir()).glob(f"{TRIAL_PREFIX}*"):
         pid = folder.name[len(TRIAL_PREFIX):].split("_", 1)[0]
         if folder.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
@@ -190,11 +194,79 @@ def sweep_leftovers(older_than: float = STALE_TEMP_SECONDS) -> None:
             logger.warning("removed %s, the temporary folder of an Optuna trial whose process is gone", folder)
 
 
-class Curves:
-    """Training curves as CSV (``step,tag,value``; tags ``charts/episode_pnl`` and ``eval/val_sharpe``)."""
+def stale_checkpoints(symbol: str | None = None) -> list[Path]:
+    """Checkpoint folders that ``--resume`` can never pick: of the unfinished runs of one symbol, interval,
+    model type and algorithm, only the newest is resumed (:func:`find_unfinished`), so the older ones only take
+    space (a DeepScalper checkpoint holds its replay buffer: about 120 MB with the defaults)."""
+    root = checkpoints_root()
+    groups: dict[tuple[str, str, str, str], list[tuple[str, Path]]] = {}
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        state = _read_state(folder) if folder.is_dir() and not folder.name.startswith(".") else None
+        spec = state.get("spec") if state else None
+        if not isinstance(spec, dict) or state.get("status") == "finished":
+            continue
+        if symbol and spec.get("symbol") != symbol:
+            continue
+        key = (str(spec.get("symbol")), str(spec.get("interval")), str(spec.get("model_type")), str(spec.get("algo")))
+        groups.setdefault(key, []).append((str(state.get("updated", "")), folder))
+    return [folder for found in groups.values() for _, folder in sorted(found, reverse=True)[1:]]
 
-    def __init__(self, path: Path, resume_from: int | None):
+
+def prune(keep: int, symbol: str | None = None, dry_run: bool = False,
+          registry: Registry | None = None) -> list[tuple[str, Path, int]]:
+    """``train_bot.py --prune --keep N``: remove the registered runs beyond the newest ``keep`` per symbol,
+    interval and model type (never a champion or the previous champion kept for rollback:
+    :meth:`agents.registry.Registry.prune`) with their training curves and TensorBoard folders, and the stale
+    checkpoints (:func:`stale_checkpoints`) that no process is training.
+
+    A checkpoint is claimed with its run lock before it goes (a process resuming it meanwhile keeps it), then
+    renamed to a hidden ``.{name}.pruning`` folder and deleted; :func:`sweep_leftovers` finishes an interrupted
+    deletion.
+
+    :return: (what, path, bytes freed) per removed item: what is ``run`` or ``checkpoint``.
+    """
+    registry = registry or Registry(paths.models_dir())
+    freed: list[tuple[str, Path, int]] = []
+    runs: list[tuple[RunRecord, int]] = registry.prune(keep, symbol, dry_run=dry_run)
+    for record, size in runs:
+        extra = 0
+        for folder in (paths.results_dir() / "training_curves" / record.path.name,
+                       tensorboard_root() / record.path.name):
+            if folder.is_dir():
+                extra += folder_size(folder)
+                if not dry_run:
+                    shutil.rmtree(folder, ignore_errors=True)
+        freed.append(("run", record.path, size + extra))
+    for folder in stale_checkpoints(symbol):
+        lock = WorkspaceLock(folder / RUN_LOCK, role="training")
+        if not lock.acquire(detail="pruning"):
+            logger.info("keeping %s: a process is training it", folder.name)
+            continue
+        try:
+            size = folder_size(folder)
+            if not dry_run:
+                doomed = folder.with_name(f".{folder.name}{PRUNING_SUFFIX}")
+                os.rename(folder, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+                logger.info("pruned stale checkpoint %s (%d bytes)", folder.name, size)
+        finally:
+            lock.release()
+        freed.append(("checkpoint", folder, size))
+    return freed
+
+
+def tensorboard_root() -> Path:
+    """``results/tensorboard``: one folder per run, named like its registry folder (``tensorboard --logdir``)."""
+    return paths.results_dir() / "tensorboard"
+
+
+class Curves:
+    """Training curves as CSV (``step,tag,value``; tags ``charts/episode_pnl`` and ``eval/val_sharpe``) and,
+    with ``tensorboard_dir``, the same scalars as TensorBoard events in that folder."""
+
+    def __init__(self, path: Path, resume_from: int | None, tensorboard_dir: Path | None = None):
         self.path = path
+        self._writer = tensorboard_writer(tensorboard_dir) if tensorboard_dir is not None else None
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_from is not None and path.exists():
             # rows written after the checkpoint we resume from describe steps that will be redone
@@ -209,6 +281,11 @@ class Curves:
     def add(self, step: int, tag: str, value: float) -> None:
         self._fh.write(f"{step},{tag},{value:.10g}\n")
         self._fh.flush()
+        if self._writer is not None:
+            self._writer.add_scalar(tag, value, step)
 
     def close(self) -> None:
         self._fh.close()
+        if self._writer is not None:
+            self._writer.close()
+

@@ -43,12 +43,13 @@ from typing import Any
 import numpy as np
 
 from agents import AgentSpec, Registry, TrainingHooks, build_agent, load_registered
+from agents.config import resolve_device
 from agents.registry import new_run_id
 from botcore import paths
 from botcore.atomic import atomic_write_json
 from botcore.errors import DataError, ModelFileError, UserError
 from botcore.lock import WorkspaceLock
-from botcore.markets import periods_per_year
+from botcore.markets import periods_per_year, resolve_costs
 from botcore.signals import StopFlag
 from botcore.symbols import validate_symbol
 from datafeed.dataset import Dataset
@@ -67,6 +68,7 @@ from training.checkpoints import (
     run_name,
     seed_everything,
     start_run,
+    tensorboard_root,
     trial_folder,
 )
 
@@ -100,6 +102,8 @@ class JobSpec:
     :param extra_metadata: merged into the registry metadata (e.g. the Optuna study).
     :param inputs: the job's data, already prepared (walk-forward folds); None = read the symbol's dataset.
     :param save_model_to: also save the kept model to this file (walk-forward folds, which do not register).
+    :param device: ``auto``, ``cpu`` or ``cuda`` (train_bot.py --device), resolved where the job runs
+        (:func:`agents.config.resolve_device`).
     """
 
     symbol: str
@@ -125,6 +129,7 @@ class JobSpec:
     extra_metadata: dict[str, Any] = field(default_factory=dict)
     inputs: JobInputs | None = None
     save_model_to: str | None = None
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         self.symbol = validate_symbol(self.symbol)
@@ -152,9 +157,10 @@ class JobSpec:
         """The spec without its data (a JSON-able record)."""
         return dataclasses.asdict(dataclasses.replace(self, inputs=None))
 
-    def agent_spec(self, total_steps: int, log_dir: Path | None) -> AgentSpec:
+    def agent_spec(self, total_steps: int, log_dir: Path | None, tensorboard_dir: Path | None = None) -> AgentSpec:
         return AgentSpec(algo=self.algo, cfg=self.cfg, seed=self.seed, hyperparams=dict(self.hyperparams),
-                         engine=self.engine, total_steps=total_steps, log_dir=log_dir)
+                         engine=self.engine, total_steps=total_steps, log_dir=log_dir,
+                         device=resolve_device(self.device), tensorboard_dir=tensorboard_dir)
 
 
 @dataclass
@@ -318,8 +324,9 @@ class JobInputs:
             ds = dict(cfg["deepscalper"])
             ds.update({k: v for k, v in spec.hyperparams.items() if k in ds})
             shaping = training_env_overrides(DeepScalperConfig.from_dict(ds))
-        train_config = EnvConfig.from_config(cfg, spec.action_mode, training=True, **shaping)
-        eval_config = evaluation_env_config(cfg, spec.action_mode)
+        # costs: the config's, or (its nulls) the defaults of the dataset's market
+        train_config = EnvConfig.from_config(cfg, spec.action_mode, training=True, market=dataset.market, **shaping)
+        eval_config = evaluation_env_config(cfg, spec.action_mode, market=dataset.market)
         min_bars = train_config.window + 2
         train_data = recent_bars(train_data, int(cfg["training_params"]["lookback_days"]), min_bars)
         for name, data in (("train", train_data), ("val", val_data)):
@@ -334,10 +341,13 @@ class JobInputs:
 class Job:
     """Runs one :class:`JobSpec`: the rounds of training and validation, checkpoints, then registration."""
 
-    def __init__(self, spec: JobSpec, stop: StopFlag, on_validation: Callable[[int, float], None] | None):
+    def __init__(self, spec: JobSpec, stop: StopFlag, on_validation: Callable[[int, float], None] | None,
+                 defer_registration: bool = False):
         self.spec = spec
         self.stop = stop
         self.on_validation = on_validation
+        self.defer_registration = defer_registration
+        self.pending: PendingRegistration | None = None
         self.run_lock: WorkspaceLock | None = None
         self.inputs = spec.inputs if spec.inputs is not None else JobInputs.load(spec)
         self.run_id, self.folder, saved = self._find_or_start()
@@ -346,6 +356,9 @@ class Job:
             self._adopt_saved_spec(saved)
         self.total_steps = spec.steps * spec.iterations
         self.curves_dir = paths.results_dir() / "training_curves" / self.folder.name if spec.register else None
+        # TensorBoard: one folder per run, named like the registry's run folder (training_params.tensorboard)
+        self.tensorboard_dir = (tensorboard_root() / self.folder.name if self.curves_dir
+                                and spec.cfg["training_params"].get("tensorboard", True) else None)
         self.state: dict[str, Any] = saved or self._new_state()
         self.prior_seconds = float(self.state["train_seconds"])
         self.started = time.monotonic()
@@ -406,8 +419,8 @@ class Job:
     def _run(self) -> JobResult:
         spec = self.spec
         seed_everything(spec.seed)
-        self.agent = build_agent(spec.agent_spec(self.total_steps, self.curves_dir), self.inputs.train_data,
-                                 self.inputs.train_config)
+        self.agent = build_agent(spec.agent_spec(self.total_steps, self.curves_dir, self.tensorboard_dir),
+                                 self.inputs.train_data, self.inputs.train_config)
         try:
             if self.resumed:
                 self.agent.load_checkpoint(self.folder, self.state["files"], self.state.get("agent_rng", {}),
@@ -416,7 +429,7 @@ class Job:
             self.started = time.monotonic()
             if self.curves_dir:
                 self.curves = Curves(self.curves_dir / "curves.csv",
-                                     self.state["num_timesteps"] if self.resumed else None)
+                                     self.state["num_timesteps"] if self.resumed else None, self.tensorboard_dir)
             self.bar = self._progress(self.total_steps)
             try:
                 stopped = self._train_rounds()
@@ -507,31 +520,17 @@ class Job:
         self.folder.mkdir(parents=True, exist_ok=True)
         model_file = self.folder / "final.zip"
         self.agent.save_model(model_file)
-        registry = Registry.from_config(spec.cfg)
-        healthy = result.model_status == "ok"
-        if healthy:  # the one promotion rule, on the validation bars, against the champion and the baselines
-            judged = judge_challenger(self.agent.policy, inputs.val_data, inputs.eval_config, spec.cfg, inputs.ppy,
-                                      self._current_champion(registry),
-                                      lambda champion: load_registered(registry, champion))
-            promote, why = judged.promoted, judged.reason
-        else:
-            promote, why = False, f"not promoted ({result.model_status}): {reason}"
-        record, decision = registry.register(model_file, self._metadata(result, metrics, updates), promote=promote,
-                                             run_id=self.run_id, reason=why)
-        result.promoted, result.promotion_reason = decision.promoted, decision.reason
-        result.model_path = str(record.model_path)
+        metadata = self._metadata(result, metrics, updates)
+        if self.defer_registration:  # a cluster worker: the driver registers it (training.cluster)
+            self.pending = PendingRegistration(model_file, metadata, reason, self.run_id)
+            return result
+        register_trained(spec, inputs, self.agent.policy, PendingRegistration(model_file, metadata, reason,
+                                                                              self.run_id), result)
         st["status"] = "finished"
         atomic_write_json(self.folder / STATE_FILE, st)
         shutil.rmtree(self.folder, ignore_errors=True)  # the registry holds the model now
         return result
 
-    def _current_champion(self, registry: Registry) -> Any:
-        spec = self.spec
-        try:
-            return registry.champion(spec.symbol, spec.interval, spec.model_type)
-        except ModelFileError as exc:  # unreadable champions.json: the registry registers a challenger
-            logger.warning("%s: %s", spec.label, exc)
-            return None
 
     # --- hooks called from inside learn() ---
 
@@ -655,6 +654,7 @@ class Job:
             "train_sharpe": result.train_sharpe if math.isfinite(result.train_sharpe) else None,
             "model_type": spec.model_type, "algo": spec.algo, "symbol": spec.symbol, "interval": spec.interval,
             "engine": spec.engine, "action_mode": spec.action_mode, "market": inputs.dataset.market,
+            "costs": resolve_costs(spec.cfg["data"]["costs"], inputs.dataset.market).to_dict(),
             "periods_per_year": inputs.ppy,
             "dataset": {"manifest_hash": m.get("manifest_hash"), "ranges": m.get("ranges"), "source": m.get("source"),
                         "hashes": m.get("hashes"),
@@ -677,6 +677,45 @@ class Job:
             "env_config": inputs.eval_config.to_dict(), "train_env_config": inputs.train_config.to_dict(),
             **spec.extra_metadata,
         }
+
+
+@dataclass
+class PendingRegistration:
+    """A trained model not registered yet: its file, its registry metadata, why it is unhealthy (when it is),
+    its run id. A cluster worker returns it to the driver, which registers it (:func:`register_trained`)."""
+
+    model_file: Path
+    metadata: dict[str, Any]
+    health_reason: str
+    run_id: str
+
+
+def register_trained(spec: JobSpec, inputs: JobInputs, policy: Any, pending: PendingRegistration,
+                     result: JobResult) -> JobResult:
+    """Register a trained model: the one promotion rule (on the validation bars, against the champion and the
+    baselines) decides whether it becomes champion; an unhealthy model is never promoted. Fills in the result's
+    promotion and model path."""
+    registry = Registry.from_config(spec.cfg)
+    if result.model_status == "ok":
+        judged = judge_challenger(policy, inputs.val_data, inputs.eval_config, spec.cfg, inputs.ppy,
+                                  _current_champion(registry, spec),
+                                  lambda champion: load_registered(registry, champion))
+        promote, why = judged.promoted, judged.reason
+    else:
+        promote, why = False, f"not promoted ({result.model_status}): {pending.health_reason}"
+    record, decision = registry.register(pending.model_file, pending.metadata, promote=promote,
+                                         run_id=pending.run_id, reason=why)
+    result.promoted, result.promotion_reason = decision.promoted, decision.reason
+    result.model_path = str(record.model_path)
+    return result
+
+
+def _current_champion(registry: Registry, spec: JobSpec) -> Any:
+    try:
+        return registry.champion(spec.symbol, spec.interval, spec.model_type)
+    except ModelFileError as exc:  # unreadable champions.json: the registry registers a challenger
+        logger.warning("%s: %s", spec.label, exc)
+        return None
 
 
 def library_versions() -> dict[str, str]:

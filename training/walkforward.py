@@ -13,7 +13,7 @@ with test window ``[s, s + test_bars)``:
   with, and a model trading a later window sees that window through its own normalisation;
 - decides, with the one promotion rule (:func:`evaluation.promotion.decide_promotion`) on its validation tail,
   whether its new model replaces the loop's champion; promotion is replayed in time order after the folds have
-  trained (in parallel, ``workers`` processes);
+  trained (in parallel: ``workers`` long-lived processes, or a Ray cluster, see :mod:`training.cluster`);
 - trades its test window with the champion of that moment (the loop as the daemon runs it), with the first
   fold's model (FROZEN, never retrained) and with its own new model (always the newest, FreqAI's policy), each
   from a flat account, net of costs, beside the baselines.
@@ -43,7 +43,7 @@ from agents import load_model
 from botcore import paths
 from botcore.atomic import atomic_write_json
 from botcore.errors import UserError
-from botcore.markets import bars_per_day, periods_per_year
+from botcore.markets import bars_per_day, infer_market, periods_per_year
 from botcore.signals import StopFlag
 from botcore.symbols import safe_name
 from datafeed.dataset import Dataset
@@ -56,8 +56,8 @@ from evaluation.promotion import PromotionRule, decide_promotion
 from evaluation.significance import probability_of_backtest_overfitting, sharpe_difference_test
 from rl_env.config import EnvConfig
 from rl_env.data import MarketData
+from training.cluster import make_runner
 from training.job import JobInputs, JobResult, JobSpec
-from training.workers import run_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -231,8 +231,8 @@ def _train_folds(symbol: str, cfg: dict[str, Any], settings: WalkForwardSettings
             shaping: dict[str, Any] = {}
             if algo == "deepscalper":
                 shaping = training_env_overrides(DeepScalperConfig.from_dict(dict(cfg["deepscalper"])))
-            train_config = EnvConfig.from_config(cfg, action_mode, training=True, **shaping)
-            eval_config = evaluation_env_config(cfg, action_mode)
+            train_config = EnvConfig.from_config(cfg, action_mode, training=True, market=dataset.market, **shaping)
+            eval_config = evaluation_env_config(cfg, action_mode, market=dataset.market)
             inputs = JobInputs(dataset, train_data, val_data, train_config, eval_config, ppy)
             for s in range(settings.seeds):
                 path = work / f"fold{fold.number}_{model_type}_seed{s}.zip"
@@ -243,8 +243,13 @@ def _train_folds(symbol: str, cfg: dict[str, Any], settings: WalkForwardSettings
                                      checkpoints=False, quiet=settings.quiet, inputs=inputs,
                                      save_model_to=str(path)))
                 meta.append((fold.number, model_type, s, params, eval_config))
-    logger.info("training %d fold model(s) of %d steps in %d worker(s)", len(specs), steps, settings.workers)
-    results: list[JobResult] = run_jobs(specs, settings.workers, stop, log_file, settings.quiet)
+    runner = make_runner(cfg, settings.workers)
+    logger.info("training %d fold model(s) of %d steps %s", len(specs), steps,
+                "on the Ray cluster" if runner.remote else f"in {settings.workers} worker(s)")
+    try:
+        results: list[JobResult] = runner.run_jobs(specs, stop, log_file, settings.quiet)
+    finally:
+        runner.close()
     models = {}
     for spec, result, (number, model_type, s, params, eval_config) in zip(specs, results, meta):
         if result.status != "finished":
@@ -274,7 +279,7 @@ def _replay(symbol: str, cfg: dict[str, Any], settings: WalkForwardSettings, his
             cache[key] = run_backtest(model.policy, data, model.env_config, engine="fast", deterministic=True)
         return cache[key]
 
-    base_config = evaluation_env_config(cfg, "box", window=window)
+    base_config = evaluation_env_config(cfg, "box", market=infer_market(symbol), window=window)
     raw_params = {"method": "zscore", "clip": 10.0, "decimals": 6,
                   "mean": dict.fromkeys(history.features.columns, 0.0),
                   "std": dict.fromkeys(history.features.columns, 1.0)}

@@ -1,7 +1,9 @@
-"""Running work side by side in worker processes, with stop requests forwarded to them.
+"""Running work side by side in a pool of long-lived worker processes, with stop requests forwarded to them.
 
-:func:`run_in_workers` runs calls in spawned processes, one process and one result pipe per call, at most
-``processes`` at a time; :func:`run_jobs` runs training jobs through it.
+:func:`run_in_workers` runs calls in a pool of at most ``processes`` spawned processes. Each worker imports the
+toolkit (torch, stable-baselines3: seconds of CPU) once, sets torch to one thread (two workers on two cores,
+not four threads fighting for them), then takes call after call from the parent until none is left; a worker
+that dies is replaced while calls remain. :func:`run_jobs` runs training jobs through it.
 
 Stopping (Ctrl-C, SIGTERM). A terminal's Ctrl-C sends SIGINT to the whole process group, workers included,
 and a worker that dies of it at the wrong moment (for instance while it writes its result) would leave the
@@ -9,17 +11,18 @@ parent waiting. So workers never act on SIGINT: the parent blocks SIGINT while i
 inherits the blocked signal from its first instruction (its seconds of imports included) and blocks it again
 itself. Only the parent decides:
 
-1. on its first SIGINT/SIGTERM it sends every running worker one SIGTERM. A worker stops at its next safe
-   point, saving a checkpoint, and sends its result; a training job that has not polled its stop flag yet
-   (it is still importing, reading data, building its agent) has nothing to save and ends at once
-   (``abandon_until_polled``). Calls not started yet are ``skipped``;
+1. on its first SIGINT/SIGTERM it sends every live worker one SIGTERM. A worker running a call stops at its
+   next safe point, saving a checkpoint, and sends its result; a training job that has not polled its stop
+   flag yet (it is still reading data, building its agent) has nothing to save and ends at once
+   (``abandon_until_polled``); an idle or still-importing worker ends at once. Calls not started yet are
+   ``skipped``;
 2. workers still running :data:`STOP_GRACE_SECONDS` later are killed (SIGKILL). Checkpoints are atomic, so
    their last checkpoint stands;
 3. a second Ctrl-C (KeyboardInterrupt in the parent) kills the workers at once.
 
 Results are read from each worker's own pipe while waiting, never after a join, so a worker can neither block
-on a full pipe nor on a lock another (dead) worker holds. A worker ends as soon as its result is sent. A
-worker whose parent dies (``kill -9``) stops on its own at its next safe point.
+on a full pipe nor on a lock another (dead) worker holds. A call whose worker dies is reported ``died`` with
+how the process ended. A worker whose parent dies (``kill -9``) stops on its own at its next safe point.
 """
 from __future__ import annotations
 
@@ -47,6 +50,10 @@ logger = logging.getLogger(__name__)
 STOP_GRACE_SECONDS = 10.0
 """After a stop request, how long workers have to reach a safe point (and checkpoint) before they are killed."""
 
+SINGLE_WORKER_IN_PROCESS = True
+"""``run_jobs`` with one worker trains in the calling process (torch's default threads) rather than in one
+pool worker at one thread; bench/walkforward_speed.py measures both (see the guide's speed section)."""
+
 _POLL_SECONDS = 0.2
 _EXIT_SECONDS = 5.0
 
@@ -56,8 +63,12 @@ def init_worker_process(log_file: str | None, quiet: bool) -> None:
     session's log file, warnings only on the console."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     import torch
+    from tqdm import tqdm
 
     torch.set_num_threads(1)
+    # tqdm's default lock holds a multiprocessing semaphore, which a worker ending with os._exit never
+    # unregisters (the resource tracker then warns of a leak); the bars of one worker need a thread lock only
+    tqdm.set_lock(threading.RLock())
     setup_worker_logging(log_file, quiet)
 
 
@@ -66,7 +77,7 @@ class WorkerOutcome:
     """How one call of :func:`run_in_workers` ended.
 
     :param status: ``done`` (``value`` holds the return value), ``error`` (the call raised; ``error`` says
-        what), ``died`` (the process ended without a result: killed, or crashed; ``error`` says how) or
+        what), ``died`` (its process ended without a result: killed, or crashed; ``error`` says how) or
         ``skipped`` (a stop came before it started, or before it first polled its stop flag).
     """
 
@@ -76,8 +87,8 @@ class WorkerOutcome:
 
 
 class _StopEscalation:
-    """The stop policy shared by both waiting loops: one SIGTERM per worker on the first stop request, SIGKILL
-    for those still alive ``grace`` seconds later."""
+    """The stop policy: one SIGTERM per worker on the first stop request, SIGKILL for those still alive
+    ``grace`` seconds later."""
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
@@ -108,14 +119,14 @@ def _send(proc: Any, signum: int) -> None:
 
 
 class _Abandon(KeyboardInterrupt):
-    """Raised by a worker's SIGTERM handler while its call has not polled its stop flag yet (imports, reading
-    data, building the agent): it has nothing to checkpoint, so it ends at once rather than after its set-up.
-    A KeyboardInterrupt, so that the call's ``except Exception`` does not take it for a failure while code
-    that cleans up after an interrupt (Optuna marks the trial failed) does."""
+    """Raised by a worker's SIGTERM handler while it has nothing to save: it is importing, idle, or running a
+    call that has not polled its stop flag yet (reading data, building the agent). A KeyboardInterrupt, so that
+    the call's ``except Exception`` does not take it for a failure while code that cleans up after an
+    interrupt (Optuna marks the trial failed) does."""
 
 
 class _WorkerStop(StopFlag):
-    """A worker's stop flag, which remembers whether the call has polled it (it has reached a safe point)."""
+    """A worker's stop flag, which remembers whether the current call has polled it (reached a safe point)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -127,42 +138,88 @@ class _WorkerStop(StopFlag):
         return self.signum is not None
 
 
-def _worker_main(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...], log_file: str | None,
-                 quiet: bool, parent_pid: int, abandon: bool) -> None:
-    """A worker process: run ``fn(*args, stop)``, send ``(status, value)`` through ``conn``, exit."""
+class _Phase:
+    """What a worker is doing, for its SIGTERM handler: ``idle`` (importing, or waiting for a call) and an
+    unpolled abandonable call end at once; a call that polls stops at its safe point; ``sending`` is never
+    interrupted (a half-written result would be lost)."""
+
+    def __init__(self) -> None:
+        self.name = "idle"
+        self.abandon = False
+
+
+def _worker_main(conn: Connection, log_file: str | None, quiet: bool, parent_pid: int) -> None:
+    """A pool worker: set up once, then run ``(index, fn, args, abandon)`` calls from ``conn`` until it sends
+    None (or closes), answering each with ``(index, status, value)``."""
     stop = _WorkerStop()
-    running = True
+    phase = _Phase()
 
     def on_sigterm(signum: int, _frame: Any) -> None:
         first = stop.signum is None
         stop.request(signum)
-        if abandon and running and not stop.polled:
+        if phase.name == "idle" or (phase.name == "call" and phase.abandon and not stop.polled):
             raise _Abandon
-        if first:
+        if first and phase.name == "call":
             logger.warning("stop requested by the parent: stopping at the next safe point (a checkpoint is saved)")
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    code = 0
     try:
         init_worker_process(log_file, quiet)
         threading.Thread(target=_stop_when_orphaned, args=(stop, parent_pid), daemon=True).start()
-        message: tuple[str, Any] = ("done", fn(*args, stop))
-    except _Abandon:
-        message = ("skipped", None)
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, the traceback goes to the log
-        logger.exception("worker failed")
-        message = ("error", f"{type(exc).__name__}: {exc}")
-    running = False
-    try:
-        conn.send(message)
+        _serve(conn, stop, phase)
+    except (_Abandon, EOFError, OSError):
+        pass  # stopped while idle, or the parent is gone
+    except BaseException:  # noqa: BLE001 - the traceback goes to the log
+        logger.exception("worker failed outside a call")
+        code = 1
     finally:
-        conn.close()
-        _exit_now(0 if message[0] != "error" else 1)
+        with contextlib.suppress(OSError):
+            conn.close()
+        _exit_now(code)
+
+
+def _serve(conn: Connection, stop: _WorkerStop, phase: _Phase) -> None:
+    """The worker's loop: take a call, run it, send its result; return when told there is no more work."""
+    phase.name = "sending"
+    conn.send(("ready", None, None))
+    while True:
+        phase.name = "idle"
+        if stop.signum is not None:
+            return
+        task = conn.recv()
+        if task is None:
+            return
+        index, fn, args, abandon = task
+        message = _call(fn, args, stop, phase, abandon)
+        phase.name = "sending"
+        conn.send((index, *message))
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...], stop: _WorkerStop, phase: _Phase,
+          abandon: bool) -> tuple[str, Any]:
+    """Run one call: ``(status, value)`` with status ``done``, ``skipped`` or ``error``."""
+    if stop.signum is not None:
+        return "skipped", None
+    stop.polled = False
+    phase.abandon = abandon
+    try:
+        try:
+            phase.name = "call"
+            return "done", fn(*args, stop)
+        finally:
+            phase.name = "sending"
+    except _Abandon:
+        return "skipped", None
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, the traceback goes to the log
+        logger.exception("worker call failed")
+        return "error", f"{type(exc).__name__}: {exc}"
 
 
 def _exit_now(code: int) -> None:
     """End the worker without the interpreter's finalization, as multiprocessing ends its forked children:
     tearing down torch, pandas and the rest takes seconds of CPU, and everything the worker owes (its
-    checkpoint, its log lines, its result) is written already."""
+    checkpoint, its log lines, its results) is written already."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
@@ -180,94 +237,131 @@ def _stop_when_orphaned(stop: StopFlag, parent_pid: int) -> None:
 
 @dataclass
 class _Worker:
+    """The parent's view of one pool worker."""
+
     proc: Any
     conn: Connection
-    outcome: WorkerOutcome | None = None
-    reported_at: float = 0.0
+    ready: bool = False
+    call: int | None = None  # index of the call it runs
+    retired_at: float | None = None  # when it was told that no work is left
 
 
-def _start(ctx: Any, fn: Callable[..., Any], args: tuple[Any, ...], log_file: str | None, quiet: bool,
-           abandon: bool) -> _Worker:
-    receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_worker_main, args=(sender, fn, args, log_file, quiet, os.getpid(), abandon))
-    # Blocked here, a Ctrl-C waits for the parent (it is not lost) and the child inherits the mask. The
-    # resource tracker is started first: starting it unblocks SIGINT instead of restoring the mask.
-    resource_tracker.ensure_running()
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        proc.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        sender.close()
-    return _Worker(proc, receiver)
+class _Pool:
+    """The parent side of :func:`run_in_workers`: workers, the calls they run, and what came back."""
 
+    def __init__(self, calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]], size: int, stop: StopFlag,
+                 log_file: str | None, quiet: bool, grace: float, abandon: bool) -> None:
+        self.calls, self.size, self.stop = calls, size, stop
+        self.log_file, self.quiet, self.abandon = log_file, quiet, abandon
+        self.ctx = mp.get_context("spawn")
+        self.outcomes: list[WorkerOutcome] = [WorkerOutcome("skipped") for _ in calls]
+        self.waiting = collections.deque(range(len(calls)))
+        self.workers: list[_Worker] = []
+        self.escalation = _StopEscalation(grace)
 
-def run_in_workers(calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]], processes: int, stop: StopFlag,
-                   log_file: str | None = None, quiet: bool = False, grace_seconds: float = STOP_GRACE_SECONDS,
-                   abandon_until_polled: bool = False) -> list[WorkerOutcome]:
-    """Run each ``fn(*args, stop)`` of ``calls`` in its own spawned process, at most ``processes`` at once,
-    and return their outcomes in order. ``fn`` and ``args`` must be picklable; the worker's ``stop`` flag is
-    set when the parent forwards a stop (see the module docstring).
+    def run(self) -> list[WorkerOutcome]:
+        try:
+            self._grow()
+            while self.workers:
+                if self.stop.requested:
+                    self.waiting.clear()  # their outcome stays "skipped"
+                self.escalation.apply(self.stop, [w.proc for w in self.workers])
+                self._dispatch()
+                self._collect()
+                self._grow()
+        finally:
+            self._reap()
+        return self.outcomes
 
-    :param abandon_until_polled: a stop ends a call at once (its outcome is ``skipped``) until it first polls
-        its stop flag, i.e. while it sets up with nothing to save. For calls that leave nothing behind when
-        interrupted there (a training job: its checkpoints are atomic); not for an Optuna worker, whose trial
-        would be recorded as failed.
-    """
-    ctx = mp.get_context("spawn")
-    outcomes: list[WorkerOutcome] = [WorkerOutcome("skipped") for _ in calls]
-    waiting = collections.deque(range(len(calls)))
-    running: dict[int, _Worker] = {}
-    escalation = _StopEscalation(grace_seconds)
-    try:
-        while waiting or running:
-            if stop.requested:
-                waiting.clear()  # their outcome stays "skipped"
-            while waiting and len(running) < max(1, processes):
-                index = waiting.popleft()
-                running[index] = _start(ctx, *calls[index], log_file, quiet, abandon_until_polled)
-            escalation.apply(stop, [w.proc for w in running.values()])
-            for index in _collect(running):
-                outcomes[index] = running.pop(index).outcome or WorkerOutcome("died", error="no result")
-    finally:
-        _reap(running)
-    return outcomes
+    def _grow(self) -> None:
+        """Start workers while calls wait and the pool is below its size (at start, and after a death)."""
+        while not self.stop.requested and len(self.waiting) > sum(1 for w in self.workers if w.call is None
+                                                                  and w.retired_at is None) \
+                and len(self.workers) < self.size:
+            self.workers.append(self._start())
 
+    def _start(self) -> _Worker:
+        receiver, sender = self.ctx.Pipe(duplex=True)
+        proc = self.ctx.Process(target=_worker_main, args=(sender, self.log_file, self.quiet, os.getpid()))
+        # Blocked here, a Ctrl-C waits for the parent (it is not lost) and the child inherits the mask. The
+        # resource tracker is started first: starting it unblocks SIGINT instead of restoring the mask.
+        resource_tracker.ensure_running()
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            sender.close()
+        return _Worker(proc, receiver)
 
-def _collect(running: dict[int, _Worker]) -> list[int]:
-    """Wait up to one poll interval, read the results that arrived; return the workers that have ended."""
-    handles: dict[Any, _Worker] = {}
-    for worker in running.values():
-        handles[worker.proc.sentinel] = worker
-        if worker.outcome is None:  # a pipe already read would report end-of-file until the process exits
+    def _dispatch(self) -> None:
+        """Give each ready, idle worker the next call, or tell it that no work is left."""
+        for worker in self.workers:
+            if not worker.ready or worker.call is not None or worker.retired_at is not None:
+                continue
+            try:
+                if self.waiting and not self.stop.requested:
+                    index = self.waiting.popleft()
+                    worker.call = index
+                    worker.conn.send((index, *self.calls[index], self.abandon))
+                elif not self.stop.requested:  # after a stop, the SIGTERM ends an idle worker
+                    worker.retired_at = time.monotonic()
+                    worker.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass  # it died; _collect reports its call
+
+    def _collect(self) -> None:
+        """Wait up to one poll interval; read the messages that arrived; account for workers that ended."""
+        handles: dict[Any, _Worker] = {}
+        for worker in self.workers:
+            handles[worker.proc.sentinel] = worker
             handles[worker.conn] = worker
-    for handle in wait(list(handles), timeout=_POLL_SECONDS):
-        worker = handles[handle]
-        if worker.outcome is None:
-            worker.outcome = _receive(worker.conn)
-            worker.reported_at = time.monotonic()
-    ended = []
-    for index, worker in running.items():
-        if worker.proc.is_alive():
-            if worker.outcome is not None and time.monotonic() - worker.reported_at > _EXIT_SECONDS:
-                _send(worker.proc, signal.SIGKILL)  # it reported but does not exit: nothing more is needed
-            continue
-        worker.proc.join()
-        if worker.outcome is None:
-            worker.outcome = _receive(worker.conn) or WorkerOutcome("died", error=_how_it_ended(worker.proc.exitcode))
-        worker.conn.close()
-        ended.append(index)
-    return ended
+        for handle in wait(list(handles), timeout=_POLL_SECONDS):
+            worker = handles[handle]
+            if handle is worker.conn:
+                self._receive(worker)
+        for worker in list(self.workers):
+            if worker.proc.is_alive():
+                if worker.retired_at is not None and time.monotonic() - worker.retired_at > _EXIT_SECONDS:
+                    _send(worker.proc, signal.SIGKILL)  # told to exit, but does not: nothing more is needed
+                continue
+            worker.proc.join()
+            self._receive(worker)  # a result sent just before the process ended
+            if not worker.ready and not self.stop.requested:  # it cannot start: neither can its replacements
+                for index in self.waiting:
+                    self.outcomes[index] = WorkerOutcome("died", error="a worker process failed to start: "
+                                                         + _how_it_ended(worker.proc.exitcode))
+                self.waiting.clear()
+            if worker.call is not None:
+                self.outcomes[worker.call] = WorkerOutcome("died", error=_how_it_ended(worker.proc.exitcode))
+                logger.warning("a worker process died running call %d: %s", worker.call,
+                               self.outcomes[worker.call].error)
+            worker.conn.close()
+            self.workers.remove(worker)
 
+    def _receive(self, worker: _Worker) -> None:
+        while True:
+            try:
+                if worker.conn.closed or not worker.conn.poll():
+                    return
+                index, status, value = worker.conn.recv()
+            except (EOFError, OSError):
+                return
+            if index == "ready":
+                worker.ready = True
+                continue
+            worker.call = None
+            self.outcomes[index] = (WorkerOutcome(status, value=value) if status != "error"
+                                    else WorkerOutcome(status, error=str(value)))
 
-def _receive(conn: Connection) -> WorkerOutcome | None:
-    try:
-        if not conn.poll():
-            return None
-        status, value = conn.recv()
-    except (EOFError, OSError):
-        return None
-    return WorkerOutcome(status, value=value) if status != "error" else WorkerOutcome(status, error=str(value))
+    def _reap(self) -> None:
+        """Leave no worker behind: kill what is still alive (after an exception in the parent) and join it."""
+        for worker in self.workers:
+            if worker.proc.is_alive():
+                _send(worker.proc, signal.SIGKILL)
+            worker.proc.join(_EXIT_SECONDS)
+            worker.conn.close()
+        self.workers.clear()
 
 
 def _how_it_ended(exitcode: int | None) -> str:
@@ -276,36 +370,27 @@ def _how_it_ended(exitcode: int | None) -> str:
     return f"the worker process ended with exit code {exitcode} before reporting a result"
 
 
-def _reap(running: dict[int, _Worker]) -> None:
-    """Leave no worker behind: kill what is still alive (after an exception in the parent) and join it."""
-    for worker in running.values():
-        if worker.proc.is_alive():
-            _send(worker.proc, signal.SIGKILL)
-        worker.proc.join(_EXIT_SECONDS)
-        worker.conn.close()
-    running.clear()
+def run_in_workers(calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]], processes: int, stop: StopFlag,
+                   log_file: str | None = None, quiet: bool = False, grace_seconds: float = STOP_GRACE_SECONDS,
+                   abandon_until_polled: bool = False) -> list[WorkerOutcome]:
+    """Run each ``fn(*args, stop)`` of ``calls`` in a pool of at most ``processes`` spawned worker processes
+    (each takes call after call), and return their outcomes in order. ``fn`` and ``args`` must be picklable;
+    the worker's ``stop`` flag is set when the parent forwards a stop (see the module docstring).
 
-
-def run_jobs(specs: list[JobSpec], processes: int, stop: StopFlag, log_file: str | None = None,
-             quiet: bool = False) -> list[JobResult]:
-    """Run jobs, in this process (``processes <= 1``) or in that many spawned worker processes.
-
-    A stop request (SIGINT/SIGTERM) is forwarded to the workers, which checkpoint and stop; jobs not yet
-    started are reported as ``skipped``; a worker killed after the grace period is ``stopped`` at its last
-    checkpoint.
+    :param abandon_until_polled: a stop ends a call at once (its outcome is ``skipped``) until it first polls
+        its stop flag, i.e. while it sets up with nothing to save. For calls that leave nothing behind when
+        interrupted there (a training job: its checkpoints are atomic); not for an Optuna worker, whose trial
+        would be recorded as failed.
     """
-    if processes <= 1 or len(specs) <= 1:
-        results = []
-        for spec in specs:
-            if stop.requested:
-                results.append(JobResult.of(spec, "skipped"))
-                continue
-            results.append(guarded_job(spec, stop))
-        return results
-    for position, spec in enumerate(specs):
-        spec.position = position
-    outcomes = run_in_workers([(guarded_job, (spec,)) for spec in specs], min(processes, len(specs)), stop,
-                              log_file, quiet, abandon_until_polled=True)
+    if not calls:
+        return []
+    size = max(1, min(processes, len(calls)))
+    return _Pool(calls, size, stop, log_file, quiet, grace_seconds, abandon_until_polled).run()
+
+
+def results_of(specs: Sequence[JobSpec], outcomes: Sequence[WorkerOutcome], stop: StopFlag) -> list[JobResult]:
+    """Job results from worker outcomes: a job whose worker died is ``stopped`` during a stop (its last
+    checkpoint stands), ``failed`` otherwise."""
     results = []
     for spec, outcome in zip(specs, outcomes):
         if outcome.status == "done":
@@ -317,3 +402,31 @@ def run_jobs(specs: list[JobSpec], processes: int, stop: StopFlag, log_file: str
         else:
             results.append(JobResult.of(spec, "failed", f"worker process failed: {outcome.error}"))
     return results
+
+
+def run_jobs(specs: list[JobSpec], processes: int, stop: StopFlag, log_file: str | None = None,
+             quiet: bool = False, in_process: bool | None = None) -> list[JobResult]:
+    """Run jobs, in this process or in a pool of ``processes`` worker processes.
+
+    A stop request (SIGINT/SIGTERM) is forwarded to the workers, which checkpoint and stop; jobs not yet
+    started are reported as ``skipped``; a worker killed after the grace period is ``stopped`` at its last
+    checkpoint.
+
+    :param in_process: run in this process; None = when one worker is asked for (or one job) and
+        :data:`SINGLE_WORKER_IN_PROCESS`.
+    """
+    if in_process is None:
+        in_process = (processes <= 1 or len(specs) <= 1) and SINGLE_WORKER_IN_PROCESS
+    if in_process:
+        results = []
+        for spec in specs:
+            if stop.requested:
+                results.append(JobResult.of(spec, "skipped"))
+                continue
+            results.append(guarded_job(spec, stop))
+        return results
+    for position, spec in enumerate(specs):
+        spec.position = position
+    outcomes = run_in_workers([(guarded_job, (spec,)) for spec in specs], processes, stop, log_file, quiet,
+                              abandon_until_polled=True)
+    return results_of(specs, outcomes, stop)

@@ -1,0 +1,156 @@
+"""Batched evaluation equals bar-by-bar evaluation exactly: actions, fills, costs, equity.
+
+``run_backtest(..., batched=True)`` (the default on the fast engine) computes a model's market encoding for
+every bar in one pass (evaluation.batched, DeepScalper.split_policy) and runs the baselines on the target
+engine (run_target_backtest); ``batched=False`` asks the policy for every bar through its own ``predict`` and
+steps the env. The two must agree bit for bit.
+"""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from deepscalper import DeepScalper, DeepScalperConfig
+from evaluation.backtest import run_backtest, run_target_backtest
+from evaluation.baselines import BuyAndHold, Flat, MovingAverageCrossover, RandomPolicy
+from evaluation.batched import split_predictor
+from evaluation.markets import random_walk_data
+from rl_env import EnvConfig, TradingEnv
+
+SCALARS = ("costs_paid", "commissions", "turnover", "n_fills", "n_bars", "terminated")
+
+
+def _same_bits(a: float, b: float) -> bool:
+    return struct.pack("<d", float(a)) == struct.pack("<d", float(b))
+
+
+def assert_same_backtest(batched, stepped) -> None:
+    for name in ("equity", "positions", "returns", "exposure", "timestamps"):
+        x, y = getattr(batched, name), getattr(stepped, name)
+        assert x.shape == y.shape and x.tobytes() == y.tobytes(), name
+    for name in SCALARS:
+        x, y = getattr(batched, name), getattr(stepped, name)
+        assert (_same_bits(x, y) if isinstance(x, float) else x == y), (name, x, y)
+    assert batched.fills == stepped.fills
+    assert batched.trades == stepped.trades
+
+
+# --- baselines on the target engine ------------------------------------------------------------------------
+
+BASELINES = {"buy_and_hold": BuyAndHold, "flat": Flat, "ma": lambda: MovingAverageCrossover(3, 8),
+             "random": lambda: RandomPolicy(7)}
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+@pytest.mark.parametrize("mode", ["box", "discrete"])
+@pytest.mark.parametrize("allow_short", [True, False])
+@pytest.mark.parametrize("interval", ["1d", "1h"])
+def test_vectorised_baselines_equal_env_stepped(name, mode, allow_short, interval):
+    data = random_walk_data(700, seed=3, n_features=2, interval=interval, vol=0.02)
+    config = EnvConfig(window=10, action_mode=mode, allow_short=allow_short, commission_rate=0.001,
+                       commission_min=1.0, slippage_bps=5.0, spread_bps=2.0, rebalance_band=0.02,
+                       margin_leverage=2.0, max_position=1.0)
+    stepped = run_backtest(BASELINES[name](), data, config, batched=False)
+    batched = run_backtest(BASELINES[name](), data, config)
+    assert_same_backtest(batched, stepped)
+    if name in ("buy_and_hold", "ma", "random"):
+        assert stepped.n_fills > 0
+
+
+def test_target_engine_follows_band_drift_cash_rule_and_ruin():
+    """Rebalances inside a constant target (the position drifting out of a tight band), orders the cash rule
+    drops (leverage 1 with a minimum commission) and ruin all come out as the env makes them."""
+    data = random_walk_data(900, seed=11, n_features=1, vol=0.04)
+    drift = EnvConfig(window=5, action_mode="box", rebalance_band=0.001, commission_rate=0.002, max_position=0.5)
+    dropped = drift.replace(margin_leverage=1.0, max_position=1.0, commission_min=5000.0)  # 100% + fee > cash
+    fills = {}
+    for config in (drift, dropped):
+        for policy in (BuyAndHold, lambda: MovingAverageCrossover(2, 5), lambda: RandomPolicy(1)):
+            stepped = run_backtest(policy(), data, config, batched=False)
+            assert_same_backtest(run_backtest(policy(), data, config), stepped)
+            fills.setdefault(config.margin_leverage, []).append(stepped.n_fills)
+    assert fills[2.0][0] > 20  # buy and hold: the band kept it rebalancing under one constant target
+    assert fills[1.0][0] == 0  # every buy dropped by the cash rule, bar after bar
+    ruin = EnvConfig(window=5, action_mode="box", ruin_fraction=0.97, max_position=3.0, commission_rate=0.01)
+    stepped = run_backtest(RandomPolicy(2), data, ruin, batched=False)
+    assert stepped.terminated and stepped.n_bars < 900
+    assert_same_backtest(run_target_backtest(RandomPolicy(2), data, ruin), stepped)
+
+
+def test_random_baseline_draws_the_same_integers_in_one_call():
+    """RandomPolicy.goals relies on numpy drawing the same integers one by one as in one array."""
+    for k in (2, 3):
+        one = np.random.default_rng(5)
+        singles = [int(one.integers(k)) for _ in range(5000)]
+        assert np.random.default_rng(5).integers(k, size=5000).tolist() == singles
+
+
+# --- models: market encoding batched -----------------------------------------------------------------------
+
+def _deepscalper(data, seed: int, **kw):
+    env = TradingEnv(data, EnvConfig(window=6, action_mode="multidiscrete", episode_length=None,
+                                     random_start=False))
+    cfg = DeepScalperConfig(hidden_size=16, micro_window=4, **kw)
+    return DeepScalper(env, cfg, seed=seed), env.config
+
+
+@pytest.mark.parametrize("kw", [dict(rnn="mingru"), dict(rnn="gru", macro_window=3), dict(rnn="lstm"),
+                                dict(rnn="mingru", single_branch=True), dict(rnn="gru", quantity_branch="order"),
+                                dict(rnn="mingru", time_left_input=True, macro_window=0)])
+def test_deepscalper_batched_equals_bar_by_bar(kw):
+    data = random_walk_data(900, seed=4, n_features=3, interval="1h", vol=0.02)
+    for seed in (0, 1):
+        agent, config = _deepscalper(data, seed, **kw)
+        stepped = run_backtest(agent, data, config, batched=False)
+        batched = run_backtest(agent, data, config)
+        assert_same_backtest(batched, stepped)
+        assert stepped.n_fills > 5
+
+
+def test_near_ties_go_to_the_models_own_predict():
+    """A network whose Q values tie everywhere: the split path declines every step, predict decides."""
+    data = random_walk_data(300, seed=2, n_features=3)
+    agent, config = _deepscalper(data, 0)
+    with torch.no_grad():
+        agent.q_net.heads_out_weight.zero_()
+        agent.q_net.heads_out_bias.zero_()
+    env = TradingEnv(data, config)
+    obs, _ = env.reset(seed=0)
+    act = split_predictor(agent, env)
+    assert act is not None and act(env.t, obs) is None
+    assert_same_backtest(run_backtest(agent, data, config), run_backtest(agent, data, config, batched=False))
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn"])
+def test_sb3_batched_equals_bar_by_bar(algo):
+    from agents.sb3_agent import algo_class
+
+    data = random_walk_data(800, seed=6, n_features=3, interval="1h", vol=0.02)
+    config = EnvConfig(window=8, action_mode="discrete", position_levels=5, episode_length=None,
+                       random_start=False)
+    kwargs = {"learning_starts": 0} if algo == "dqn" else {}
+    for seed in (0, 1):
+        model = algo_class(algo)("MlpPolicy", TradingEnv(data, config), seed=seed, device="cpu",
+                                 policy_kwargs={"net_arch": [16, 16]}, **kwargs)
+        env = TradingEnv(data, config)
+        env.reset(seed=0)
+        assert split_predictor(model, env) is not None
+        stepped = run_backtest(model, data, config, batched=False)
+        assert_same_backtest(run_backtest(model, data, config), stepped)
+        assert stepped.n_fills > 5
+
+
+def test_unsupported_policies_are_stepped_bar_by_bar():
+    """A Box-action SB3 model has no argmax to guard: it is not split (and still backtests)."""
+    from stable_baselines3 import PPO
+
+    data = random_walk_data(200, seed=1, n_features=2)
+    config = EnvConfig(window=5, action_mode="box", episode_length=None, random_start=False)
+    model = PPO("MlpPolicy", TradingEnv(data, config), seed=0, device="cpu", policy_kwargs={"net_arch": [8]})
+    env = TradingEnv(data, config)
+    env.reset(seed=0)
+    assert split_predictor(model, env) is None
+    assert_same_backtest(run_backtest(model, data, config), run_backtest(model, data, config, batched=False))
