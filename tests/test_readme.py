@@ -7,7 +7,7 @@ The command lines are read from README.md and run verbatim, with these exception
 - ``make demo`` runs its recipe from the Makefile (in the test's workspace, not the repository) with a small
   ``DEMO_STEPS``; ``make test`` is the suite this test belongs to and is not run again;
 - a Yahoo ``--update-data`` of symbols that have no dataset in the workspace needs the network: skipped;
-- a ``--cluster HEAD:PORT`` line needs a Ray cluster the user started (HEAD is a placeholder): skipped here; the
+- a ``--cluster HEAD:PORT`` line needs a Ray cluster the user started (HEAD names its head node): skipped here; the
   cluster backend is tested on a real two-node cluster in tests/test_cluster.py;
 - ``<run id>`` is replaced by a run id of the workspace's registry;
 - the daemon (``automate_training.py`` with no flag) runs until it has started, then gets SIGTERM;

@@ -32,7 +32,9 @@ TINY_CONFIG = {
     "sb3": {"net_arch": [16], "n_steps": 64, "batch_size": 32},
     "deepscalper": {"hidden_size": 16, "batch_size": 16, "learning_starts": 50, "buffer_size": 5000,
                     "target_update_interval": 50},
-    "training_params": {"steps": 256, "checkpoint_every": 64},
+    # Seed 1: the data hold no edge, and with the default seed this 16-unit DeepScalper rationally stays flat after
+    # 256 steps (its health status says collapsed_flat), which would leave the validation checks below vacuous.
+    "training_params": {"steps": 256, "checkpoint_every": 64, "seed": 1},
     "evaluation": {"bootstrap_samples": 50},
     "optimize": {"storage": "sqlite:///results/optuna.db", "grid": {"learning_rate": [1e-4, 1e-3]}},
 }
