@@ -408,13 +408,15 @@ def _list_runs(args: argparse.Namespace, registry: Registry) -> int:
     for r in records:
         size = folder_size(r.path)
         total += size
-        champion = "yes" if r.is_champion else "previous" if r.run_id in protected else ""
+        why = protected.get(r.run_id, "")
+        champion = ("yes" if r.is_champion else "previous" if why.startswith("previous") else
+                    "shadow" if why.startswith("shadow") else "")
         print(f"{r.run_id:<22} {r.symbol:<8} {r.interval:<4} {r.model_type:<11} {r.algo:<11} {_run_steps(r):>9} "
               f"{_number(r.score):>10} {_number(tests.get(r.run_id, math.nan)):>11}  {champion:<9} "
               f"{str(r.metadata.get('status') or 'ok'):<18} {_size(size):>8}")
     print(f"{len(records)} run(s), {_size(total)} on disk. steps: of the kept checkpoint. test Sharpe: of the newest "
           "test-split evaluation that included the run (evaluate_bot.py), blank when none. champion 'previous': "
-          "kept for --rollback.")
+          "kept for --rollback; 'shadow': a challenger trading on paper beside the champion (--prune keeps both).")
     return 0
 
 
@@ -439,7 +441,8 @@ def _prune(args: argparse.Namespace, registry: Registry) -> int:
     total = _size(sum(s for _, _, s in freed))
     print((f"--dry-run: would prune {runs} run(s) and {checkpoints} stale checkpoint(s), freeing {total}"
            if args.dry_run else f"pruned {runs} run(s) and {checkpoints} stale checkpoint(s), freed {total}")
-          + "; champions and the previous champions kept for rollback are kept")
+          + "; champions, the previous champions kept for rollback and the shadow challengers "
+            "(trading.shadow_challengers) are kept")
     return 0
 
 

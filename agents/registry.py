@@ -151,17 +151,21 @@ class Registry:
     :param keep_backups: how many ``backup_<timestamp>`` folders to keep (oldest pruned first).
     """
 
-    def __init__(self, root: Path | str | None = None, keep_backups: int = 5):
+    def __init__(self, root: Path | str | None = None, keep_backups: int = 5, shadow_challengers: int = 0):
         self.root = Path(root) if root is not None else paths.models_dir()
         if keep_backups < 1:
             raise ValueError("keep_backups must be 1 or more")
+        if shadow_challengers < 0:
+            raise ValueError("shadow_challengers must be 0 or more")
         self.keep_backups = int(keep_backups)
+        self.shadow_challengers = int(shadow_challengers)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], root: Path | str | None = None) -> Registry:
-        """A registry with ``registry.keep_backups`` from a loaded config."""
+        """A registry with ``registry.keep_backups`` and ``trading.shadow_challengers`` from a loaded config."""
         reg = cfg.get("registry", {})
-        return cls(root, keep_backups=reg.get("keep_backups", 5))
+        shadow = (cfg.get("trading") or {}).get("shadow_challengers", 0)
+        return cls(root, keep_backups=reg.get("keep_backups", 5), shadow_challengers=int(shadow or 0))
 
     # --- reading ----------------------------------------------------------------------------------
 
@@ -387,20 +391,38 @@ class Registry:
                 return event.get("previous")
         return None
 
+    @staticmethod
+    def shadow_runs(runs: Iterable[RunRecord], n: int) -> list[RunRecord]:
+        """The challengers that trade in shadow beside the champion: the newest ``n`` non-champion runs of
+        ``runs`` (one symbol, interval and model type, newest first as :meth:`runs` lists them). The one rule,
+        used by the paper accounts (``trading.paper``) and by :meth:`prune`, which keeps them."""
+        return [r for r in runs if not r.is_champion][:max(0, int(n))]
+
     def protected_runs(self) -> dict[str, str]:
-        """Run id -> why :meth:`prune` never removes it: every champion, and the previous champion that
-        :meth:`rollback` would restore."""
+        """Run id -> why :meth:`prune` never removes it: every champion, the previous champion that
+        :meth:`rollback` would restore, and the newest ``shadow_challengers`` challengers per symbol, interval
+        and model type (their paper accounts gather the forward evidence that can promote them)."""
         protected: dict[str, str] = {}
-        for key, run_id in self._read_champions().items():
+        if self.shadow_challengers:
+            groups: dict[tuple[str, str, str], list[RunRecord]] = {}
+            for record in self.runs():
+                groups.setdefault((record.symbol, record.interval, record.model_type), []).append(record)
+            for (symbol, interval, model_type), records in groups.items():
+                for record in self.shadow_runs(records, self.shadow_challengers):
+                    protected[record.run_id] = (f"shadow challenger of {symbol}/{interval}/{model_type} "
+                                                "(trading on paper)")
+        champions = self._read_champions()
+        for key, run_id in champions.items():
             target = self._rollback_target(key, run_id)
             if target:
-                protected.setdefault(target, f"previous champion of {key} (kept for rollback)")
+                protected[target] = f"previous champion of {key} (kept for rollback)"
+        for key, run_id in champions.items():
             protected[run_id] = f"champion of {key}"
         return protected
 
     def prune(self, keep: int, symbol: str | None = None, dry_run: bool = False) -> list[tuple[RunRecord, int]]:
         """Remove the registered runs beyond the newest ``keep`` of each symbol, interval and model type, except
-        champions and the previous champions kept for rollback (:meth:`protected_runs`).
+        champions, the previous champions kept for rollback and the shadow challengers (:meth:`protected_runs`).
 
         Under the registry lock, each run folder is first renamed to a hidden ``.{name}.pruning`` folder (one
         atomic step: it stops being a run), then deleted; a crash in between leaves a hidden folder that

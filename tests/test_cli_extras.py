@@ -239,13 +239,14 @@ def test_prune_keeps_the_newest_the_champion_and_the_rollback_target(registry_ru
     newest = _checkpoint("SYN_1d_deepscalper_newest", "3")
     held = WorkspaceLock(busy / RUN_LOCK, role="training")
     assert held.acquire()
+    no_shadows = ["--set", "trading.shadow_challengers=0"]
     try:
         assert stale_checkpoints() == [busy, old]
-        assert train_bot.main(["--prune", "--keep", "1", "--dry-run"]) == 0
+        assert train_bot.main(["--prune", "--keep", "1", "--dry-run", *no_shadows]) == 0
         dry = capsys.readouterr().out
         assert f"would remove run SYN_1d_deepscalper_{ids['challenger4']}" in dry and "would prune 2 run(s)" in dry
         assert len(registry.runs()) == 6 and old.exists()  # nothing removed
-        assert train_bot.main(["--prune", "--keep", "1"]) == 0
+        assert train_bot.main(["--prune", "--keep", "1", *no_shadows]) == 0
     finally:
         held.release()
     out = capsys.readouterr().out
@@ -257,6 +258,24 @@ def test_prune_keeps_the_newest_the_champion_and_the_rollback_target(registry_ru
     assert (registry.root / CHAMPIONS_FILE).read_text() == champions_before
     assert registry.rollback("SYN", "1d", "deepscalper").run_id == ids["first"]  # the rollback still works
     assert not list(registry.root.glob(f".*{PRUNING_SUFFIX}"))
+
+
+def test_prune_keeps_the_challengers_trading_in_shadow(registry_runs, capsys):
+    """The newest trading.shadow_challengers challengers (2 by default) trade on paper beside the champion and
+    can be promoted on that evidence: --prune keeps them whatever --keep says, and --list marks them."""
+    registry, ids = registry_runs
+    assert train_bot.main(["--list", "--symbol", "SYN"]) == 0
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line[:8].isdigit()}
+    assert [k for k in ("challenger3", "challenger4", "challenger5") if "shadow" in lines[ids[k]]] == \
+        ["challenger4", "challenger5"]
+    assert train_bot.main(["--prune", "--keep", "1"]) == 0
+    out = capsys.readouterr().out
+    assert {r.run_id for r in registry.runs()} == {ids[k] for k in ("first", "second", "challenger4",
+                                                                      "challenger5", "other")}
+    assert "pruned 1 run(s)" in out and "shadow challengers" in out
+    # the paper accounts choose their shadows by the same rule
+    records = registry.runs(symbol="SYN")
+    assert [r.run_id for r in Registry.shadow_runs(records, 2)] == [ids["challenger5"], ids["challenger4"]]
 
 
 def test_prune_needs_keep_and_trains_nothing(workspace, capsys):

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny import tiny_config
 
 import data_pipeline
 import train_bot
@@ -36,16 +37,7 @@ from training.workers import run_in_workers
 
 REPO = Path(__file__).resolve().parent.parent
 
-TINY_CONFIG = {
-    "symbols": ["SYN"],
-    "data": {"source": "synthetic"},
-    "env": {"window": 8, "episode_length": 64},
-    "sb3": {"net_arch": [16], "n_steps": 64, "batch_size": 32},
-    "deepscalper": {"hidden_size": 16, "batch_size": 16, "learning_starts": 50, "buffer_size": 5000,
-                    "target_update_interval": 50},
-    "training_params": {"steps": 128, "checkpoint_every": 64},
-    "evaluation": {"bootstrap_samples": 50},
-}
+TINY_CONFIG = tiny_config(["SYN"], {"steps": 128, "checkpoint_every": 64})
 A2C = ["--model-type", "backtrader", "--algo", "a2c", "--engine", "fast", "--symbol", "SYN", "--quiet"]
 
 

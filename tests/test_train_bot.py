@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import tiny_config
 
 import datafeed
 import train_bot
@@ -24,20 +25,10 @@ from training import job as training
 
 REPO = Path(__file__).resolve().parent.parent
 
-# tiny nets, short episodes, short rollouts: every training here takes a second or two
-TINY_CONFIG = {
-    "symbols": ["SYN"],
-    "data": {"source": "synthetic"},
-    "env": {"window": 8, "episode_length": 64},
-    "sb3": {"net_arch": [16], "n_steps": 64, "batch_size": 32},
-    "deepscalper": {"hidden_size": 16, "batch_size": 16, "learning_starts": 50, "buffer_size": 5000,
-                    "target_update_interval": 50},
-    # Seed 1: the data hold no edge, and with the default seed this 16-unit DeepScalper rationally stays flat after
-    # 256 steps (its health status says collapsed_flat), which would leave the validation checks below vacuous.
-    "training_params": {"steps": 256, "checkpoint_every": 64, "seed": 1},
-    "evaluation": {"bootstrap_samples": 50},
-    "optimize": {"storage": "sqlite:///results/optuna.db", "grid": {"learning_rate": [1e-4, 1e-3]}},
-}
+# Seed 1: the data hold no edge, and with the default seed this 16-unit DeepScalper rationally stays flat after
+# 256 steps (its health status says collapsed_flat), which would leave the validation checks below vacuous.
+TINY_CONFIG = tiny_config(["SYN"], {"steps": 256, "checkpoint_every": 64, "seed": 1},
+                          optimize={"storage": "sqlite:///results/optuna.db", "grid": {"learning_rate": [1e-4, 1e-3]}})
 
 
 @pytest.fixture(scope="module")

@@ -161,7 +161,7 @@ def ensure_accounts(ledger: Ledger, registry: Registry, cfg: dict[str, Any], sym
         champion = next((r for r in runs if r.is_champion), None)
         if champion is not None:
             wanted[champion.run_id] = (champion, "champion")
-        for record in [r for r in runs if not r.is_champion][: int(cfg["trading"]["shadow_challengers"])]:
+        for record in registry.shadow_runs(runs, int(cfg["trading"]["shadow_challengers"])):
             wanted[record.run_id] = (record, "shadow")
     for run_id, account in existing.items():
         if run_id not in wanted and account.status == "active":

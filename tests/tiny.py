@@ -1,0 +1,24 @@
+"""The tiny training configuration the script-level tests share: nets of 16 units, 64-bar episodes, short
+rollouts, so that each training in a test takes a second or two. Each test module adds its own
+``training_params`` (steps, checkpoints, seed) with :func:`tiny_config`."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+BASE: dict[str, Any] = {
+    "data": {"source": "synthetic"},
+    "env": {"window": 8, "episode_length": 64},
+    "sb3": {"net_arch": [16], "n_steps": 64, "batch_size": 32},
+    "deepscalper": {"hidden_size": 16, "batch_size": 16, "learning_starts": 50, "buffer_size": 5000,
+                    "target_update_interval": 50},
+    "evaluation": {"bootstrap_samples": 50},
+}
+
+
+def tiny_config(symbols: list[str], training_params: dict[str, Any], **sections: Any) -> dict[str, Any]:
+    """A fresh copy of the tiny configuration for ``symbols`` with ``training_params`` and any further
+    top-level ``sections`` (which replace the base's section of the same name)."""
+    config = {"symbols": list(symbols), **copy.deepcopy(BASE), "training_params": dict(training_params)}
+    config.update(copy.deepcopy(sections))
+    return config
