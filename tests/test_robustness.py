@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny import tiny_config
+from tiny import copy_prepared, prepare_root, tiny_config
 
 import data_pipeline
 import train_bot
@@ -48,22 +48,12 @@ def _pipeline(seed: int) -> list[str]:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """data/ of one synthetic symbol (seed 7), made once by data_pipeline.py's own main."""
-    root = tmp_path_factory.mktemp("prepared")
-    old = os.getcwd()
-    os.chdir(root)
-    try:
-        (root / "training_config.json").write_text(json.dumps(TINY_CONFIG))
-        assert data_pipeline.main(_pipeline(7)) == 0
-    finally:
-        os.chdir(old)
-    return root
+    return prepare_root(tmp_path_factory.mktemp("prepared"), TINY_CONFIG, bars=500)
 
 
 @pytest.fixture()
 def ws(workspace, prepared):
-    shutil.copytree(prepared / "data", workspace / "data")
-    shutil.copy(prepared / "training_config.json", workspace / "training_config.json")
-    return workspace
+    return copy_prepared(prepared, workspace)
 
 
 # --- 1. Ctrl-C with worker processes -----------------------------------------------------------------------

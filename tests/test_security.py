@@ -15,7 +15,6 @@ import contextlib
 import csv
 import io
 import json
-import os
 import pickle
 import re
 import shutil
@@ -26,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from tiny import copy_prepared, prepare_root, tiny_config
 
 import train_bot
 from agents import load_model, load_registered
@@ -40,16 +40,7 @@ from rl_env import EnvConfig, TradingEnv
 from training import job as training
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = {
-    "symbols": ["SYN"],
-    "data": {"source": "synthetic"},
-    "env": {"window": 8, "episode_length": 64},
-    "sb3": {"net_arch": [16], "n_steps": 64, "batch_size": 32},
-    "deepscalper": {"hidden_size": 16, "batch_size": 16, "learning_starts": 50, "buffer_size": 5000,
-                    "target_update_interval": 50},
-    "training_params": {"steps": 256, "checkpoint_every": 64},
-    "evaluation": {"bootstrap_samples": 50},
-}
+CONFIG = tiny_config(["SYN"], {"steps": 256, "checkpoint_every": 64})
 DQN_ARGS = ["--model-type", "backtrader", "--algo", "dqn", "--engine", "fast", "--symbol", "SYN", "--steps", "300",
             "--seed", "3", "--quiet"]
 PPO_ARGS = ["--model-type", "backtrader", "--algo", "ppo", "--engine", "fast", "--symbol", "SYN", "--steps", "256",
@@ -314,25 +305,12 @@ def test_save_load_gives_identical_predictions_and_checkpoints_restore_every_sta
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    import data_pipeline
-
-    root = tmp_path_factory.mktemp("prepared")
-    old = os.getcwd()
-    os.chdir(root)
-    try:
-        (root / "training_config.json").write_text(json.dumps(CONFIG))
-        assert data_pipeline.main(["--symbols", "SYN", "--source", "synthetic", "--seed", "7", "--bars", "700",
-                                   "--quiet"]) == 0
-    finally:
-        os.chdir(old)
-    return root
+    return prepare_root(tmp_path_factory.mktemp("prepared"), CONFIG, bars=700)
 
 
 @pytest.fixture()
 def ws(workspace, prepared):
-    shutil.copytree(prepared / "data", workspace / "data")
-    shutil.copy(prepared / "training_config.json", workspace / "training_config.json")
-    return workspace
+    return copy_prepared(prepared, workspace)
 
 
 class _Crash(BaseException):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny import tiny_config
+from tiny import copy_prepared, prepare_root, tiny_config
 
 import datafeed
 import train_bot
@@ -34,25 +33,12 @@ TINY_CONFIG = tiny_config(["SYN"], {"steps": 256, "checkpoint_every": 64, "seed"
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """data/ of one synthetic symbol, made once by data_pipeline.py's own main."""
-    import data_pipeline
-
-    root = tmp_path_factory.mktemp("prepared")
-    old = os.getcwd()
-    os.chdir(root)
-    try:
-        (root / "training_config.json").write_text(json.dumps(TINY_CONFIG))
-        assert data_pipeline.main(["--symbols", "SYN", "--source", "synthetic", "--seed", "7", "--bars", "700",
-                                   "--quiet"]) == 0
-    finally:
-        os.chdir(old)
-    return root
+    return prepare_root(tmp_path_factory.mktemp("prepared"), TINY_CONFIG, bars=700)
 
 
 @pytest.fixture()
 def ws(workspace, prepared):
-    shutil.copytree(prepared / "data", workspace / "data")
-    shutil.copy(prepared / "training_config.json", workspace / "training_config.json")
-    return workspace
+    return copy_prepared(prepared, workspace)
 
 
 def _meta(ws, model_type=None):

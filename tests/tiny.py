@@ -4,6 +4,10 @@ rollouts, so that each training in a test takes a second or two. Each test modul
 from __future__ import annotations
 
 import copy
+import json
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 BASE: dict[str, Any] = {
@@ -22,3 +26,27 @@ def tiny_config(symbols: list[str], training_params: dict[str, Any], **sections:
     config = {"symbols": list(symbols), **copy.deepcopy(BASE), "training_params": dict(training_params)}
     config.update(copy.deepcopy(sections))
     return config
+
+
+def prepare_root(root: Path, config: dict[str, Any], bars: int, seed: int = 7) -> Path:
+    """``root`` with ``config`` as its training_config.json and the data of one synthetic symbol ("SYN", ``bars``
+    bars of ``seed``) made by data_pipeline.py's own main. Module-scoped fixtures call it once and copy the
+    result into each test's workspace with :func:`copy_prepared`."""
+    import data_pipeline
+
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        (root / "training_config.json").write_text(json.dumps(config))
+        assert data_pipeline.main(["--symbols", "SYN", "--source", "synthetic", "--seed", str(seed), "--bars",
+                                   str(bars), "--quiet"]) == 0
+    finally:
+        os.chdir(old)
+    return root
+
+
+def copy_prepared(prepared: Path, workspace: Path) -> Path:
+    """Copy a :func:`prepare_root` folder's data and config into a test's (empty) workspace."""
+    shutil.copytree(prepared / "data", workspace / "data")
+    shutil.copy(prepared / "training_config.json", workspace / "training_config.json")
+    return workspace
