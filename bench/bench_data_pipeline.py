@@ -4,7 +4,8 @@
 1. ``data_pipeline.py --source csv`` end to end on a minute-bar CSV (default 1,000,000 bars: read, dates,
    cleaning, features, splits, Parquet files, manifest) against ``pandas.read_csv`` of the same file alone.
    Each runs in a child process of its own, which also reports its peak RSS (VmHWM) and its RSS after the
-   imports, so the memory the data costs is the difference (goal: under 300 MB per million rows).
+   imports, so the memory the data costs is the difference (goal: under 300 MB per million rows). The same
+   pipeline with one thread per symbol (``datafeed.splits.MAX_THREADS = 1``) shows what its threads give.
 2. The same run at the commit before this work (``--before-commit``, extracted with ``git archive`` into a
    temporary folder; skipped when git or the commit is not there) on a shorter CSV, against this tree on
    the same CSV: the before/after speed-up.
@@ -56,6 +57,10 @@ def child(spec: dict) -> dict:
         sys.path.insert(0, spec["code"])
         os.chdir(spec["workspace"])
         import data_pipeline  # noqa: F401 (imported before the clock starts)
+        if spec.get("max_threads"):
+            import datafeed.splits
+
+            datafeed.splits.MAX_THREADS = spec["max_threads"]
     baseline = _rss_mb()
     cpu, start = _cpu_seconds(), time.perf_counter()
     if spec["kind"] == "read_csv":
@@ -128,7 +133,8 @@ def bench_end_to_end(n_bars: int, tmp: Path) -> None:
     write_minute_csv(csv, n_bars)
     ref = measure({"kind": "read_csv", "csv": str(csv)})
     new = measure(pipeline_spec(REPO, tmp / "ws_new", csv, n_bars))
-    assert new["rc"] == 0, "data_pipeline.py failed on the benchmark CSV"
+    one = measure({**pipeline_spec(REPO, tmp / "ws_one", csv, n_bars), "max_threads": 1})
+    assert new["rc"] == 0 and one["rc"] == 0, "data_pipeline.py failed on the benchmark CSV"
     per_million = (new["peak_mb"] - new["baseline_mb"]) / (n_bars / 1e6)
     _row(f"pandas.read_csv alone, {n_bars:,} minute bars", f"{ref['seconds']:.2f} s, {ref['cpu']:.2f} CPU-s", 1.0,
          "(the reference)")
@@ -137,6 +143,9 @@ def bench_end_to_end(n_bars: int, tmp: Path) -> None:
          "read_csv's time (goal <= 10x)")
     _row("  the same in CPU time", f"{new['cpu']:.2f} CPU-s = {n_bars / new['cpu']:,.0f} rows/CPU-s",
          new["cpu"] / ref["cpu"], "read_csv's CPU time")
+    _row("  with one thread per symbol (MAX_THREADS = 1)", f"{one['seconds']:.2f} s, {one['cpu']:.2f} CPU-s, "
+         f"peak {one['peak_mb'] - one['baseline_mb']:,.0f} MB", one["seconds"] / new["seconds"],
+         "slower than with threads")
     _row("  peak RSS above the imports, per million rows", f"{per_million:,.0f} MB (peak {new['peak_mb']:,.0f} MB)",
          per_million / 300.0, "the 300 MB goal")
     _row("  peak RSS of read_csv alone", f"{ref['peak_mb'] - ref['baseline_mb']:,.0f} MB above its imports",
@@ -221,6 +230,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
     print(f"{'row':<58} {'measured':<34} {'ratio':>8} against")
     with tempfile.TemporaryDirectory(prefix="bench_data_") as folder:
         tmp = Path(folder)
@@ -230,6 +240,7 @@ def main() -> None:
         (tmp / "symbols").mkdir()
         bench_workers(args.symbols, 2500, tmp / "symbols")
         bench_indicators(args.indicator_bars)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -41,34 +41,43 @@ def clean_ohlcv(frame: pd.DataFrame, symbol: str = "",
     _refuse_impossible(df, symbol)
     report["was_unsorted"] = bool(not df.index.is_monotonic_increasing)
     df = df.sort_index(kind="stable")
-    dup = df.index.duplicated(keep="last")
+    dup = _duplicated_keep_last(df.index)
     report["duplicates_dropped"] = int(dup.sum())
-    df = df[~dup].copy()
+    # (Each step below changes or drops rows only where its mask has some: a clean file costs no copies.)
+    df = df[~dup].copy() if report["duplicates_dropped"] else df.copy()
 
     bad_close = ~(df["close"] > 0)  # NaN or <= 0
     report["missing_or_non_positive_close_dropped"] = int(bad_close.sum())
-    df = df[~bad_close]
+    if report["missing_or_non_positive_close_dropped"]:
+        df = df[~bad_close]
 
-    prev_close = df["close"].shift(1).fillna(df["close"])
     missing_open = df["open"].isna()
-    df.loc[missing_open, "open"] = prev_close[missing_open]
+    if missing_open.any():
+        prev_close = df["close"].shift(1).fillna(df["close"])
+        df.loc[missing_open, "open"] = prev_close[missing_open]
     missing_high, missing_low = df["high"].isna(), df["low"].isna()
-    df.loc[missing_high, "high"] = df.loc[missing_high, ["open", "close"]].max(axis=1)
-    df.loc[missing_low, "low"] = df.loc[missing_low, ["open", "close"]].min(axis=1)
+    if missing_high.any():
+        df.loc[missing_high, "high"] = df.loc[missing_high, ["open", "close"]].max(axis=1)
+    if missing_low.any():
+        df.loc[missing_low, "low"] = df.loc[missing_low, ["open", "close"]].min(axis=1)
     report["missing_open_high_low_filled"] = int((missing_open | missing_high | missing_low).sum())
 
     non_positive = (df[["open", "high", "low"]] <= 0).any(axis=1)
     report["non_positive_price_rows_dropped"] = int(non_positive.sum())
-    df = df[~non_positive]
+    if report["non_positive_price_rows_dropped"]:
+        df = df[~non_positive]
 
     bad_volume = ~(df["volume"] >= 0)
     report["missing_or_negative_volume_zeroed"] = int(bad_volume.sum())
-    df.loc[bad_volume, "volume"] = 0.0
+    if report["missing_or_negative_volume_zeroed"]:
+        df.loc[bad_volume, "volume"] = 0.0
 
     swapped = df["high"] < df["low"]
-    df.loc[swapped, ["high", "low"]] = df.loc[swapped, ["low", "high"]].to_numpy()
     report["high_low_swapped"] = int(swapped.sum())
-    body_high, body_low = df[["open", "close"]].max(axis=1), df[["open", "close"]].min(axis=1)
+    if report["high_low_swapped"]:
+        df.loc[swapped, ["high", "low"]] = df.loc[swapped, ["low", "high"]].to_numpy()
+    # The larger and smaller of open and close, skipping NaN like DataFrame.max(axis=1) (none is left here).
+    body_high, body_low = np.fmax(df["open"], df["close"]), np.fmin(df["open"], df["close"])
     widened = (body_high > df["high"]) | (body_low < df["low"])
     df["high"] = np.maximum(df["high"], body_high)
     df["low"] = np.minimum(df["low"], body_low)
@@ -96,31 +105,52 @@ def clean_ohlcv(frame: pd.DataFrame, symbol: str = "",
     return df, report
 
 
+def _duplicated_keep_last(index: pd.Index) -> np.ndarray:
+    """``index.duplicated(keep="last")`` for a sorted index: equal stamps are neighbours, so one comparison of
+    each with the next (no hash table of a million stamps)."""
+    if not isinstance(index, pd.DatetimeIndex):
+        return index.duplicated(keep="last")
+    stamps = index.asi8
+    dup = np.zeros(len(stamps), dtype=bool)
+    np.equal(stamps[1:], stamps[:-1], out=dup[:-1])
+    return dup
+
+
 IMPLAUSIBLE_RATIO = 1e6
 """A price this many times above (or below) the median close is refused: no real bar moves that far."""
 
 
 def _refuse_impossible(df: pd.DataFrame, symbol: str) -> None:
     name = symbol or "data"
-    values = df.to_numpy()
-    infinite = np.isinf(values)
-    if infinite.any():
-        row, col = (int(i[0]) for i in np.nonzero(infinite))
-        raise DataError(f"{name}: the {df.columns[col]} of the bar at {df.index[row]} is {values[row, col]}; "
+    columns = {c: df[c].to_numpy() for c in df.columns}  # column by column: no copy of the whole frame
+    found = _first_cell(columns, np.isinf)
+    if found is not None:
+        row, col = found
+        raise DataError(f"{name}: the {col} of the bar at {df.index[row]} is {columns[col][row]}; "
                         "fix or remove that row")
-    closes = df["close"].to_numpy()
+    closes = columns["close"]
     closes = closes[np.isfinite(closes) & (closes > 0)]
     if not len(closes):
         return
     median = float(np.median(closes))
-    prices = df[PRICES].to_numpy()
+    high, low = median * IMPLAUSIBLE_RATIO, median / IMPLAUSIBLE_RATIO
     with np.errstate(divide="ignore", invalid="ignore"):
-        implausible = (prices > 0) & ((prices > median * IMPLAUSIBLE_RATIO) | (prices < median / IMPLAUSIBLE_RATIO))
-    if implausible.any():
-        row, col = (int(i[0]) for i in np.nonzero(implausible))
-        raise DataError(f"{name}: the {PRICES[col]} of the bar at {df.index[row]} is {prices[row, col]:g}, more "
+        found = _first_cell({c: columns[c] for c in PRICES}, lambda v: (v > 0) & ((v > high) | (v < low)))
+    if found is not None:
+        row, col = found
+        raise DataError(f"{name}: the {col} of the bar at {df.index[row]} is {columns[col][row]:g}, more "
                         f"than {IMPLAUSIBLE_RATIO:g} times away from the median close {median:g}; fix or remove "
                         "that row (a typo or a wrong unit)")
+
+
+def _first_cell(columns: dict[str, np.ndarray], test: Any) -> tuple[int, str] | None:
+    """The first ``(row, column)`` where ``test`` holds, in reading order (row by row, left to right)."""
+    hits = []
+    for col, values in columns.items():
+        mask = test(values)
+        if mask.any():
+            hits.append((int(np.argmax(mask)), list(columns).index(col), col))
+    return (min(hits)[0], min(hits)[2]) if hits else None
 
 
 def _gaps(index: pd.DatetimeIndex) -> dict[str, Any]:

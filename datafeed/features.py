@@ -7,8 +7,9 @@ full, are NaN here and dropped by the splitter (ta fills ATR's and ADX's warm-up
 """
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -63,15 +64,42 @@ def iter_feature_columns(df: pd.DataFrame, interval: str, indicators: list[str] 
     """``(name, values)`` of each feature column in order, handed over group by group (the returns, each
     indicator, the time of day), so a caller that stores them away (the splitter spills a long history to
     disk) never holds more than one group in memory. ``values`` is a float64 array the caller owns."""
+    for group in feature_groups(df, interval, indicators, use_volume):
+        yield from group()
+
+
+FeatureGroup = Callable[[], Iterator[tuple[str, np.ndarray]]]
+
+
+def feature_groups(df: pd.DataFrame, interval: str, indicators: list[str] | tuple[str, ...] = INDICATORS,
+                   use_volume: bool = True) -> list[FeatureGroup]:
+    """The columns of :func:`iter_feature_columns` as groups, in column order: each group is a function that
+    computes its columns from ``df`` alone (reading it, never changing it) and hands them over as
+    :func:`iter_feature_columns` does, so independent groups can be computed side by side in threads (numpy's
+    and pandas' loops over whole columns release the GIL) with the same numbers as one after another."""
     unknown = sorted(set(indicators) - set(INDICATORS))
     if unknown:
         raise ValueError(f"unknown indicator(s) {unknown}; known: {', '.join(INDICATORS)}")
-    high, low, close, volume = df["high"], df["low"], df["close"], df["volume"]
+    groups: list[FeatureGroup] = [functools.partial(_returns, df), functools.partial(_return_stats, df, use_volume)]
+    # The indicators in a fixed order, whatever the order of ``indicators``.
+    groups += [functools.partial(_indicator_group, name, df, use_volume) for name in INDICATORS if name in indicators]
+    if is_intraday(interval):
+        groups.append(functools.partial(_time_of_day, df))
+    return groups
+
+
+def _returns(df: pd.DataFrame) -> Iterator[tuple[str, np.ndarray]]:
     f: dict[str, pd.Series] = {}
-    log_ret = np.log(close).diff()
+    log_ret = np.log(df["close"]).diff()
     for lag in range(RETURN_LAGS):
         f[f"f_ret_{lag + 1}"] = log_ret.shift(lag)
     yield from _hand_over(f, df)
+
+
+def _return_stats(df: pd.DataFrame, use_volume: bool) -> Iterator[tuple[str, np.ndarray]]:
+    high, low, close, volume = df["high"], df["low"], df["close"], df["volume"]
+    f: dict[str, pd.Series] = {}
+    log_ret = np.log(close).diff()
     f[f"f_ret_mean_{ROLL}"] = log_ret.rolling(ROLL).mean()
     f[f"f_ret_std_{ROLL}"] = log_ret.rolling(ROLL).std()
     f[f"f_ret_skew_{ROLL}"] = log_ret.rolling(ROLL).skew()
@@ -82,20 +110,23 @@ def iter_feature_columns(df: pd.DataFrame, interval: str, indicators: list[str] 
         log_vol = np.log1p(volume)
         f[f"f_volume_z_{ROLL}"] = (log_vol - log_vol.rolling(ROLL).mean()) / log_vol.rolling(ROLL).std()
     yield from _hand_over(f, df)
-    for name in INDICATORS:  # in a fixed order, whatever the order of ``indicators``
-        if name in indicators:
-            f.update(_indicator(name, df, use_volume))
-            yield from _hand_over(f, df)
-    if is_intraday(interval):
-        minutes = (df.index.hour * 60 + df.index.minute).to_numpy()
-        f["f_tod_sin"] = pd.Series(np.sin(2 * np.pi * minutes / 1440.0), index=df.index)
-        f["f_tod_cos"] = pd.Series(np.cos(2 * np.pi * minutes / 1440.0), index=df.index)
-        # Harmonics of the day (periods 12, 6 and 3 hours): a 6.5-hour session spans a quarter of the 24-hour
-        # circle, where sin/cos are nearly monotone, so an effect that changes sign within the session would
-        # need a sharp non-linear fit of two inputs; with harmonics it is close to linear in the features.
-        for k in TOD_HARMONICS:
-            f[f"f_tod_sin_{k}"] = pd.Series(np.sin(2 * np.pi * k * minutes / 1440.0), index=df.index)
-            f[f"f_tod_cos_{k}"] = pd.Series(np.cos(2 * np.pi * k * minutes / 1440.0), index=df.index)
+
+
+def _indicator_group(name: str, df: pd.DataFrame, use_volume: bool) -> Iterator[tuple[str, np.ndarray]]:
+    yield from _hand_over(_indicator(name, df, use_volume), df)
+
+
+def _time_of_day(df: pd.DataFrame) -> Iterator[tuple[str, np.ndarray]]:
+    f: dict[str, pd.Series] = {}
+    minutes = (df.index.hour * 60 + df.index.minute).to_numpy()
+    f["f_tod_sin"] = pd.Series(np.sin(2 * np.pi * minutes / 1440.0), index=df.index)
+    f["f_tod_cos"] = pd.Series(np.cos(2 * np.pi * minutes / 1440.0), index=df.index)
+    # Harmonics of the day (periods 12, 6 and 3 hours): a 6.5-hour session spans a quarter of the 24-hour
+    # circle, where sin/cos are nearly monotone, so an effect that changes sign within the session would
+    # need a sharp non-linear fit of two inputs; with harmonics it is close to linear in the features.
+    for k in TOD_HARMONICS:
+        f[f"f_tod_sin_{k}"] = pd.Series(np.sin(2 * np.pi * k * minutes / 1440.0), index=df.index)
+        f[f"f_tod_cos_{k}"] = pd.Series(np.cos(2 * np.pi * k * minutes / 1440.0), index=df.index)
     yield from _hand_over(f, df)
 
 

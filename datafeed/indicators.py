@@ -24,7 +24,7 @@ from ta.volatility import AverageTrueRange
 
 MIN_ROWS = 256
 """Shorter histories go to ta (its loops are fast there, and its edge cases on short input stay its own)."""
-_BLOCK = 1 << 16  # rows per block of CCI's windowed deviation (bounds the temporary arrays to a few MB)
+_BLOCK = 1 << 14  # rows per block of CCI's windowed deviation (bounds its two temporary arrays to 2.6 MB each)
 
 
 def _fast_ok(*columns: pd.Series, window: int) -> bool:
@@ -80,6 +80,7 @@ class ADX:
             up, down = h - _previous(h), _previous(low_) - low_
             self.dip = self._smoothed(np.where((up > down) & (up > 0), up, 0.0))
             self.din = self._smoothed(np.where((down > up) & (down > 0), down, 0.0))
+        del up, down
 
     def _smoothed(self, values: np.ndarray) -> np.ndarray:
         """ta's running sums: ``s[0]`` = the first ``window`` values after the first bar, then
@@ -135,7 +136,8 @@ def commodity_channel_index(high: pd.Series, low: pd.Series, close: pd.Series, w
     for start in range(0, len(windows), _BLOCK):
         # A contiguous copy makes numpy sum each window in the same order as ta's np.mean on one window.
         block = np.ascontiguousarray(windows[start:start + _BLOCK])
-        centred = np.abs(block - block.mean(axis=1, keepdims=True))
+        centred = np.subtract(block, block.mean(axis=1, keepdims=True), out=block)
+        np.abs(centred, out=centred)
         deviation[start + window - 1:start + window - 1 + len(block)] = centred.mean(axis=1)
     cci = (typical - typical.rolling(window, min_periods=window).mean()) / (constant * pd.Series(deviation,
                                                                                                    index=typical.index))

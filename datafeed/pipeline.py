@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import multiprocessing as mp
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,19 +31,36 @@ from botcore import paths
 from botcore.errors import DataError, UserError
 from datafeed.dataset import load_manifest
 from datafeed.sources import load_csv, load_sample, load_synthetic, load_yahoo, sample_symbols
-from datafeed.splits import prepare, spill_path, write_splits
+from datafeed.splits import (
+    default_threads,
+    prepare,
+    share_one_malloc_arena,
+    spill_path,
+    usable_cores,
+    write_splits,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SYNTHETIC_BARS = 2500
+LONG_CSV_BYTES = 5 * 2**20
+"""A CSV file this big is read by pandas' threads, and its history is long enough for threads of its own."""
 
 
 def run_symbol(symbol: str, interval: str, cfg: dict[str, Any], *, csv_file: str | None = None,
                seed: int = 0, update: bool = False, synthetic_kind: str = "gbm",
-               synthetic_bars: int = DEFAULT_SYNTHETIC_BARS, export_csv: bool = False) -> dict[str, Any]:
-    """Load, prepare and write one symbol; return its manifest. Raises UserError subclasses on bad data."""
+               synthetic_bars: int = DEFAULT_SYNTHETIC_BARS, export_csv: bool = False,
+               threads: int | None = None) -> dict[str, Any]:
+    """Load, prepare and write one symbol; return its manifest. Raises UserError subclasses on bad data.
+
+    :param threads: at most this many threads for this symbol's features and files (None: as many as it may
+        use, see :func:`datafeed.splits.default_threads`); the dataset does not depend on it.
+    """
     data = cfg["data"]
     source = data["source"]
+    with contextlib.suppress(OSError, TypeError):  # a big CSV: before pandas' reader threads first allocate
+        if source == "csv" and os.path.getsize(str(csv_file)) >= LONG_CSV_BYTES:
+            share_one_malloc_arena()
     if source == "sample":
         raw, info = load_sample(symbol, interval)
     elif source == "csv":
@@ -58,15 +77,18 @@ def run_symbol(symbol: str, interval: str, cfg: dict[str, Any], *, csv_file: str
                            info["age_days"], max_age, "" if update else "; add --update-data to fetch new bars")
     info.update(first_bar=raw.index.min(), last_bar=raw.index.max(), bars_loaded=len(raw))
     paths.data_dir().mkdir(parents=True, exist_ok=True)
+    threads = default_threads(len(raw)) if threads is None else min(threads, default_threads(len(raw)))
+    if threads > 1:
+        share_one_malloc_arena()  # (a process that never prepares a long history keeps glibc's defaults)
     handed = [raw]
     del raw  # prepare() then holds the only reference and lets the raw bars go once cleaned (48 MB a million)
-    prepared = prepare(handed.pop(), cfg, symbol, interval, spill_to=spill_path(symbol, interval))
+    prepared = prepare(handed.pop(), cfg, symbol, interval, spill_to=spill_path(symbol, interval), threads=threads)
     # How the data was made (data.workers only says how many symbols ran at once: not part of a dataset).
     settings = {"data": {**{k: v for k, v in data.items() if k != "workers"}, "interval": interval}, "symbol": symbol}
     if source == "synthetic":
         settings["synthetic"] = {"kind": synthetic_kind, "bars": synthetic_bars, "seed": seed}
     try:
-        return write_splits(prepared, symbol, interval, info, settings, export_csv=export_csv)
+        return write_splits(prepared, symbol, interval, info, settings, export_csv=export_csv, threads=threads)
     finally:
         prepared.close()
 
@@ -127,6 +149,7 @@ class SymbolJob:
     synthetic_kind: str
     synthetic_bars: int
     export_csv: bool
+    threads: int | None = None  # within the symbol (None: automatic); several workers share the cores
 
     def run(self, log_file: Path | None) -> tuple[dict[str, Any] | None, str | None]:
         """``(manifest, None)`` or ``(None, message)``: a bad input is one line, a bug is logged with its
@@ -134,7 +157,8 @@ class SymbolJob:
         try:
             return run_symbol(self.symbol, self.interval, self.cfg, csv_file=self.csv_file, seed=self.seed,
                               update=self.update, synthetic_kind=self.synthetic_kind,
-                              synthetic_bars=self.synthetic_bars, export_csv=self.export_csv), None
+                              synthetic_bars=self.synthetic_bars, export_csv=self.export_csv,
+                              threads=self.threads), None
         except UserError as exc:
             logger.debug("%s failed", self.symbol, exc_info=True)
             return None, str(exc)
@@ -162,7 +186,8 @@ def prepare_symbols(symbols: Sequence[str], cfg: dict[str, Any], *, csv_files: S
     bar = tqdm(total=len(jobs), desc="data", unit="symbol", file=sys.stderr, disable=True if quiet else None)
     try:
         if workers > 1 and len(jobs) > 1:
-            outcomes = run_parallel(jobs, workers, log_file, bar)
+            share = max(1, usable_cores() // min(workers, len(jobs)))  # each worker's threads: the cores shared
+            outcomes = run_parallel([dataclasses.replace(job, threads=share) for job in jobs], workers, log_file, bar)
         else:
             outcomes = []
             for job in jobs:
