@@ -22,6 +22,11 @@ SB3_ALGOS = base.SB3_ALGOS
 BROKERS = ("paper", "alpaca")
 
 SECTION_EXTRAS: dict[str, dict[str, Any]] = {
+    "training_params": {
+        # steps left at their default: a round trains at least this many passes over the training split's bars
+        # (training.job.default_steps; 0 = exactly training_params.steps)
+        "min_passes": 1.0,
+    },
     "registry": {
         "forward_min_bars": 60,  # forward returns before a shadow challenger is judged for promotion
     },
@@ -35,10 +40,11 @@ SECTION_EXTRAS: dict[str, dict[str, Any]] = {
         },
     },
 }
-"""Keys added to base sections: the forward promotion rule (evaluation.promotion) and the broker choice
-(trading.brokers)."""
+"""Keys added to base sections: the least training per round on long training splits (training.job), the forward
+promotion rule (evaluation.promotion) and the broker choice (trading.brokers)."""
 
 EXTRA_CHECKS = {
+    "training_params.min_passes": base.check_non_negative,
     "registry.forward_min_bars": lambda v: None if v >= 10 else "must be 10 or more (the paired bootstrap needs 10)",
     "trading.broker": base.check_choice(*BROKERS),
     "trading.alpaca.paper": lambda v: None if v is True else "must be true: only Alpaca paper accounts are supported",

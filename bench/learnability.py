@@ -42,6 +42,7 @@ from evaluation.learnability import (  # noqa: E402
     RunRow,
     format_table,
     plot_summary,
+    positions_by_session_bar,
     prepare_market,
     reference_backtests,
     score,
@@ -110,16 +111,19 @@ def run_one(market: PreparedMarket, agent: str, cfg: dict[str, Any], steps: int,
     if result.status != "finished":
         raise RuntimeError(f"{agent} on {market.spec.name} seed {market.seed}: {result.status} {result.error}")
     policy = load_model(algo, path)
-    test = score(run_backtest(policy, market.data("test"), inputs.eval_config), market.ppy)
+    test_run = run_backtest(policy, market.data("test"), inputs.eval_config)
+    test = score(test_run, market.ppy)
     train = score(run_backtest(policy, market.data("train"), inputs.eval_config), market.ppy)
-    refs = {split: {k: score(v, market.ppy) for k, v in reference_backtests(market, cfg, split).items()}
-            for split in ("val", "test")}
+    runs = {split: reference_backtests(market, cfg, split) for split in ("val", "test")}
+    refs = {split: {k: score(v, market.ppy) for k, v in runs[split].items()} for split in ("val", "test")}
     row = RunRow(market=market.spec.name, family=market.spec.family, agent=agent, seed=market.seed,
                  test_sharpe=test["sharpe"], oracle_sharpe=refs["test"]["oracle"]["sharpe"],
                  bh_sharpe=refs["test"]["buy_and_hold"]["sharpe"], psr=test["psr"], trades=test["trades"],
                  train_sharpe=train["sharpe"],
                  val_sharpe=result.val_sharpe if math.isfinite(result.val_sharpe) else 0.0,
-                 oracle_val_sharpe=refs["val"]["oracle"]["sharpe"], seconds=seconds, steps=result.steps, curve=curve)
+                 oracle_val_sharpe=refs["val"]["oracle"]["sharpe"], seconds=seconds, steps=result.steps, curve=curve,
+                 session_positions=positions_by_session_bar(test_run),
+                 oracle_session_positions=positions_by_session_bar(runs["test"]["oracle"]))
     row.seconds_to_half_oracle = seconds_to_fraction(curve, 0.5 * row.oracle_val_sharpe) \
         if row.oracle_val_sharpe > 0.1 else math.nan
     return row
@@ -155,6 +159,9 @@ def run_suite(markets: Sequence[MarketSpec], agents: Sequence[str], seeds: Seque
                             f"{row.oracle_sharpe:5.2f}  B&H {row.bh_sharpe:5.2f}  PSR {row.psr:4.2f}  trades "
                             f"{row.trades:4.0f}  train {row.train_sharpe:5.2f}  val {row.val_sharpe:5.2f}  "
                             f"half-oracle {row.seconds_to_half_oracle:5.0f}s  {row.seconds:5.0f}s")
+                        if row.session_positions:
+                            log(f"{'':<22} position by bar of the session {row.session_positions}  oracle "
+                                f"{row.oracle_session_positions}")
     return rows
 
 

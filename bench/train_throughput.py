@@ -4,19 +4,23 @@ Both train with the same hidden size, batch size, replay size, learning_starts a
 step (train_freq=1, gradient_steps=1), torch.set_num_threads(1). DeepScalper runs the env in multidiscrete
 mode (5 limit offsets x 5 quantities, two branches plus the volatility head), DQN the discrete mode of the
 same env (Discrete(position_levels)) with an MLP of two hidden layers. Timing covers only the training phase
-(after learning_starts); the runs alternate (DQN, DeepScalper variants, DQN, ...) so that load from other processes
-on the machine hits both alike, and the median per model is reported.
+(after learning_starts); within each run the models train in alternating slices (``--chunks``: DQN, DeepScalper
+variants, DQN, ...) so that load from other processes on the machine hits all alike, and the median per model is
+reported: steps per wall-clock second, and steps per second of this process's CPU time (``time.process_time``,
+all its threads), which other processes' load disturbs far less than the wall clock on a shared machine.
 
-    .venv/bin/python bench/train_throughput.py [--steps 3000] [--repeats 3] [--rnn mingru gru]
+    .venv/bin/python bench/train_throughput.py [--steps 3000] [--repeats 3] [--chunks 10] [--rnn mingru gru]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +46,8 @@ def make_data(n_bars: int, n_features: int, seed: int = 0) -> MarketData:
 EXPLORATION = {"exploration_initial_eps": 1.0, "exploration_final_eps": 0.1, "exploration_fraction": 0.5}
 
 
-def time_deepscalper(data: MarketData, args: argparse.Namespace, rnn: str) -> float:
+def make_deepscalper(data: MarketData, args: argparse.Namespace, rnn: str) -> Callable[[int], Any]:
+    """A DeepScalper past its warm-up; the returned function trains it for n more env steps."""
     cfg = DeepScalperConfig(hidden_size=args.hidden, batch_size=args.batch, learning_starts=args.learning_starts,
                             buffer_size=args.buffer, train_freq=1, gradient_steps=1, rnn=rnn,
                             target_update_interval=500, micro_window=args.micro_window, seed=0, **EXPLORATION,
@@ -51,12 +56,11 @@ def time_deepscalper(data: MarketData, args: argparse.Namespace, rnn: str) -> fl
                                      **training_env_overrides(cfg)))
     agent = DeepScalper(env, cfg)
     agent.learn(args.learning_starts)
-    start = time.perf_counter()
-    agent.learn(args.steps)
-    return args.steps / (time.perf_counter() - start)
+    return agent.learn
 
 
-def time_dqn(data: MarketData, args: argparse.Namespace) -> float:
+def make_dqn(data: MarketData, args: argparse.Namespace) -> Callable[[int], Any]:
+    """SB3's DQN past its warm-up; the returned function trains it for n more env steps."""
     from stable_baselines3 import DQN
 
     env = TradingEnv(data, EnvConfig(window=args.window, action_mode="discrete"))
@@ -64,15 +68,33 @@ def time_dqn(data: MarketData, args: argparse.Namespace) -> float:
                 batch_size=args.batch, buffer_size=args.buffer, seed=0, target_update_interval=500, **EXPLORATION,
                 policy_kwargs={"net_arch": [args.hidden, args.hidden]}, device="cpu")
     model.learn(args.learning_starts)
-    start = time.perf_counter()
-    model.learn(args.steps, reset_num_timesteps=False)
-    return args.steps / (time.perf_counter() - start)
+    return lambda n: model.learn(n, reset_num_timesteps=False)
+
+
+def timed_round(data: MarketData, args: argparse.Namespace, names: list[str]) -> dict[str, tuple[float, float]]:
+    """One run per model, fresh models: ``--steps`` timed steps each, in ``--chunks`` slices that alternate
+    between the models (so a burst of load from other processes hits every model alike). Returns per model
+    (env steps per wall-clock second, per CPU second of this process)."""
+    learners = {name: make_dqn(data, args) if name == "SB3 DQN" else make_deepscalper(data, args, name[13:-1])
+                for name in names}
+    spent = {name: [0.0, 0.0] for name in names}
+    chunk = max(1, args.steps // args.chunks)
+    for _ in range(args.chunks):
+        for name, learn in learners.items():
+            start, cpu = time.perf_counter(), time.process_time()
+            learn(chunk)
+            spent[name][0] += time.perf_counter() - start
+            spent[name][1] += time.process_time() - cpu
+    steps = chunk * args.chunks
+    return {name: (steps / wall, steps / cpu) for name, (wall, cpu) in spent.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000, help="timed training steps per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per model (alternating)")
+    parser.add_argument("--chunks", type=int, default=10,
+                        help="slices of each run's timed steps, alternating between the models")
     parser.add_argument("--bars", type=int, default=5000)
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--window", type=int, default=32)
@@ -88,19 +110,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data = make_data(args.bars, args.features)
-    results: dict[str, list[float]] = {"SB3 DQN": [], **{f"DeepScalper ({rnn})": [] for rnn in args.rnn}}
+    names = ["SB3 DQN", *(f"DeepScalper ({rnn})" for rnn in args.rnn)]
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
+    load = [os.getloadavg()[0]]
     for _ in range(args.repeats):
-        results["SB3 DQN"].append(time_dqn(data, args))
-        for rnn in args.rnn:
-            results[f"DeepScalper ({rnn})"].append(time_deepscalper(data, args, rnn))
+        for name, (w, c) in timed_round(data, args, names).items():
+            wall[name].append(w)
+            cpu[name].append(c)
+        load.append(os.getloadavg()[0])
     print(f"env steps/s while training ({args.steps} steps after {args.learning_starts} warm-up, 1 gradient update "
           f"per step, batch {args.batch}, hidden {args.hidden}, window {args.window} x {args.features} features, "
-          f"1 torch thread; median of {args.repeats})")
-    for name, values in results.items():
-        print(f"  {name:<22} {statistics.median(values):8.0f}   runs: {', '.join(f'{v:.0f}' for v in values)}")
-    dqn = statistics.median(results["SB3 DQN"])
-    for rnn in args.rnn:
-        print(f"  DeepScalper ({rnn}) / SB3 DQN: {statistics.median(results[f'DeepScalper ({rnn})']) / dqn:.2f}")
+          f"1 torch thread; median of {args.repeats}; 1-minute load {min(load):.1f}-{max(load):.1f})")
+    for label, results in (("per wall-clock second", wall), ("per CPU second of the process", cpu)):
+        print(f" {label}:")
+        for name, values in results.items():
+            print(f"  {name:<22} {statistics.median(values):8.0f}   runs: {', '.join(f'{v:.0f}' for v in values)}")
+        dqn = statistics.median(results["SB3 DQN"])
+        for name in names[1:]:
+            print(f"  {name} / SB3 DQN: {statistics.median(results[name]) / dqn:.2f}")
     return 0
 
 

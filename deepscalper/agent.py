@@ -5,8 +5,15 @@ The algorithm is ``deepscalper_loss``: branch TD targets, dueling Q values, the 
 eta times the volatility loss, and the new replay priorities, in one function with the formulas in its docstring.
 The training loop in ``learn`` reads top to bottom: act epsilon-greedily per branch, step the env, turn the last
 n rewards into an n-step transition, store it, and every ``train_freq`` steps run ``gradient_steps`` updates of
-``_train_step`` (the loss, torch's Adam, a target update on schedule). Everything else is plumbing: schedules,
+``_train_step`` (the loss, Adam, a target update on schedule). Everything else is plumbing: schedules,
 logging, checkpoints.
+
+Training speed: with the default mingru encoder on the CPU the update runs ``deepscalper_gradients``, the same loss
+and gradient without an autograd graph (the online and target passes stacked into one, hand-derived gradients
+checked against autograd on ``deepscalper_loss`` by the tests), the parameters of both networks live in one
+tensor (``TwinParameters``) so that clipping, Adam (torch's formulas on the flat buffers, the optimizer's
+state_dict kept current) and target syncs are a few whole-model operations, and the epsilon-greedy action is
+computed in numpy. Public torch APIs only.
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ from gymnasium import spaces
 from botcore.atomic import atomic_path, to_jsonable
 from botcore.errors import ModelFileError, UserError
 from deepscalper.config import DeepScalperConfig
-from deepscalper.networks import DeepScalperNet, SplitForward
+from deepscalper.networks import DeepScalperNet, SplitForward, TwinParameters
 from deepscalper.replay import PrioritizedReplayBuffer, ReplayBuffer
 
 logger = logging.getLogger(__name__)
@@ -82,6 +89,12 @@ def quantity_targets(levels: Any, max_target: float) -> list[float]:
     nonzero = [abs(q) for q in values if q != 0.0]
     bound = max(float(max_target), min(nonzero) if nonzero else 0.0) + 1e-9
     return [q for q in values if abs(q) <= bound]
+
+
+def _cloned(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict of independent tensors (the parameters are views of TwinParameters' shared tensor, which
+    torch.save would otherwise write whole into each file)."""
+    return {k: v.clone() for k, v in state.items()}
 
 
 def _gen_state(gen: np.random.Generator) -> dict[str, Any]:
@@ -187,6 +200,73 @@ def deepscalper_loss(q_net: DeepScalperNet, q_target: DeepScalperNet, *, obs: to
                      priorities=priorities)
 
 
+def deepscalper_gradients(q_net: DeepScalperNet, twin: TwinParameters, *, obs_pair: torch.Tensor,
+                          actions: torch.Tensor, returns: torch.Tensor, discounts: torch.Tensor, weights: torch.Tensor,
+                          vol_targets: torch.Tensor, aux_weight: float) -> LossTerms:
+    """:func:`deepscalper_loss` and its gradient for a mingru network, without an autograd graph: the training
+    fast path (the same formulas; tests compare terms and gradients with autograd on ``deepscalper_loss``).
+
+    The online pass at s and the target pass at s' run as ONE stacked pass over ``twin`` (the online and target
+    parameters of ``q_net`` stacked, :class:`~deepscalper.networks.TwinParameters`) with ``obs_pair`` = (s, s')
+    of shape (2, B, obs_dim); the gradient of L = L_q + eta * L_vol, from::
+
+        dL / dQ_d(s_b, a_{d,b}) = -2 w_b (y_{d,b} - Q_d(s_b, a_{d,b})) / (D B)
+        dL / dsigma_hat_b      = 2 eta (sigma_hat_b - sigma_b) / |K|   (b in K, else 0)
+
+    is taken through the network by ``DeepScalperNet.backward_online`` and written into ``twin.grads`` (the
+    online parameters' ``.grad``). The other arguments are those of :func:`deepscalper_loss`; the returned
+    ``loss`` is detached (its gradient is already written).
+    """
+    terms = _gradients(q_net, twin, obs_pair, actions.numpy(), returns.numpy(), discounts.numpy(), weights.numpy(),
+                       vol_targets.numpy(), aux_weight)
+    loss, loss_q, loss_vol, q_taken, priorities = (None if x is None else torch.as_tensor(x) for x in terms)
+    return LossTerms(loss=loss, loss_q=loss_q, loss_vol=loss_vol, q_taken=q_taken, priorities=priorities)
+
+
+def _gradients(q_net: DeepScalperNet, twin: TwinParameters, obs_pair: torch.Tensor, actions: np.ndarray,
+               returns: np.ndarray, discounts: np.ndarray, weights: np.ndarray, vol_targets: np.ndarray,
+               aux_weight: float) -> tuple[Any, Any, Any, np.ndarray, np.ndarray]:
+    """:func:`deepscalper_gradients` with the small arguments as numpy arrays (views of the replay batch):
+    returns (L, L_q, L_vol or None, Q(s, a_taken), priorities) as numpy values."""
+    out, vol_pair, cache = q_net.forward_stacked(twin.stacked, obs_pair, keep=True)
+    # The dueling aggregation and the loss arithmetic on (branches, B) numbers run in numpy on views of the
+    # (CPU) tensors: the same element-wise formulas in the same dtype, at a fraction of a torch op's fixed cost.
+    out_np, index = out.numpy(), actions
+    n_branches, n_batch = index.shape
+    branch, row = np.arange(n_branches)[:, None], np.arange(n_batch)[None, :]  # with index: the taken (d, b, a)
+    valid, pad, counts = q_net.dueling_arrays(out_np.dtype)  # (D, 1, n_max) 1 / 0, 0 / -inf; (D, 1) sizes
+    value, adv = out_np[:, 0, :, 0], out_np[:, 1:]  # (2, B), (2, D, B, n_max)
+    adv_mean = (adv * valid).sum(axis=-1) / counts  # (2, D, B)
+    # 1.-2. dueling Q and branch TD targets: y = R + g * (V' + max_a A'_d(a) - mean A'_d), real sub-actions only
+    targets = returns + discounts * ((adv[1] + pad).max(axis=-1) + value[1] - adv_mean[1])
+    # 3. importance-weighted TD loss at the sub-actions taken
+    q_taken = adv[0][branch, row, index] + value[0] - adv_mean[0]  # (D, B)
+    td = targets - q_taken
+    weighted = weights * td
+    loss = loss_q = (weighted * td).sum() / td.size  # numpy scalars of the batch's dtype
+    # dL_q/dQ_d(s, a) = -2 w td / (D B), through Q_d = V + A_d - mean A_d to the heads' outputs
+    d_q = weighted * (-2.0 / td.size)
+    d_out = np.zeros(out_np.shape[1:], dtype=out_np.dtype)  # (1 + D, B, n_max)
+    np.multiply(d_q[:, :, None], valid / -counts[:, :, None], out=d_out[1:])
+    d_out[1 + branch, row, index] += d_q
+    d_out[0, :, 0] = d_q.sum(axis=0)
+    # 4. auxiliary volatility loss over the transitions whose target is known
+    loss_vol, d_vol = None, None
+    if aux_weight > 0:
+        sigma = vol_targets
+        known = np.isfinite(sigma)
+        n_known = int(np.count_nonzero(known))
+        if n_known:
+            error = np.where(known, vol_pair[0].numpy() - sigma, sigma.dtype.type(0))
+            loss_vol = np.dot(error, error) / n_known
+            loss = loss_q + aux_weight * loss_vol
+            d_vol = torch.from_numpy(error * (2.0 * aux_weight / n_known))
+    q_net.backward_online(twin.stacked, cache, torch.from_numpy(d_out), d_vol, twin.grads)
+    twin.attach_grads()
+    # 5. new priorities
+    return loss, loss_q, loss_vol, q_taken, np.abs(td).sum(axis=0) / n_branches
+
+
 # --- the agent: acting, replay, schedules, checkpoints (plumbing around the loss) -------------------------
 
 
@@ -253,8 +333,16 @@ class DeepScalper:
         self.q_target = DeepScalperNet(*net_args).to(self.device)
         self.q_target.load_state_dict(self.q_net.state_dict())
         self.q_target.requires_grad_(False)
+        # both networks' parameters in one tensor, the online gradients in one flat buffer (TwinParameters)
+        self._twin = TwinParameters(self.q_net, self.q_target)
         self._params = list(self.q_net.parameters())
         self.optimizer = torch.optim.Adam(self._params, lr=cfg.learning_rate, fused=True)
+        self._link_adam_state()
+        self._batch_tensors: tuple[np.ndarray, torch.Tensor] | None = None
+        # the training fast path (deepscalper_gradients): the mingru network on the CPU; other encoders and
+        # devices train through autograd on deepscalper_loss
+        self._fast_path = cfg.rnn == "mingru" and self.device.type == "cpu"
+        self._online_arrays = self._twin.online_arrays() if self._fast_path else None
         self.replay_buffer: ReplayBuffer | None = None
         self.num_timesteps = 0
         self.n_updates = 0
@@ -323,6 +411,13 @@ class DeepScalper:
             return np.stack(np.unravel_index(best[:, 0], self.nvec), axis=1).astype(np.int64)
         return best.astype(np.int64)
 
+    def _act_greedy(self, obs: np.ndarray) -> np.ndarray:
+        """``_greedy`` for ONE observation while training, through ``DeepScalperNet.greedy_numpy``."""
+        best = self.q_net.greedy_numpy(self._online_arrays, obs)
+        if self.config.single_branch:
+            return np.array(np.unravel_index(int(best[0]), self.nvec), dtype=np.int64)
+        return best
+
     def predict(self, observation: np.ndarray, state: Any = None, episode_start: Any = None,
                 deterministic: bool = True) -> tuple[np.ndarray, None]:
         """Action(s) for one observation (obs_dim,) -> (len(nvec),) or a batch (B, obs_dim) -> (B, len(nvec)).
@@ -343,37 +438,47 @@ class DeepScalper:
         actions = self._env_actions(batch, actions)
         return (actions[0] if single else actions), None
 
-    def split_policy(self, bars: np.ndarray, tie_tolerance: float = 1e-4) -> Callable[[int, np.ndarray], Any]:
+    def split_policy(self, bars: np.ndarray, tie_tolerance: float = 1e-4) -> Callable[[int, np.ndarray], list[Any]]:
         """Greedy actions over a whole split with the market encoding computed once for every bar
-        (:class:`~deepscalper.networks.SplitForward`): ``act(t, obs)`` is ``predict(obs)[0]`` for the observation
-        ``obs`` of bar ``t``, or None when a branch's two best Q values lie within ``tie_tolerance * (1 +
-        max |Q|)`` of each other (the split sums may round differently from the network's float32 forward
-        there; the caller then asks :meth:`predict`, so the actions stay exactly the forward's).
+        (:class:`~deepscalper.networks.SplitForward`): ``decide(start, private)`` gives, for the observations of
+        bars ``start .. start + K - 1`` whose private cells (the last ``n_private``, float32 as the observation
+        holds them) are the K rows of ``private``, the list of K actions ``predict(obs)[0]`` would take, each
+        None where a branch's two best Q values lie within ``tie_tolerance * (1 + max |Q|)`` of each other (the
+        split sums may round differently from the network's float32 forward there; the caller then asks
+        :meth:`predict`, so the actions stay exactly the forward's). One call decides a stretch of bars at once.
 
         :param bars: (n_bars, n_features) features of the split's bars, as the env's observations hold them.
         """
         split = SplitForward(self.q_net, bars)
-        n_private, single, nvec = self.spaces["n_private"], self.config.single_branch, self.nvec
-        bounds = split.bounds.tolist()
+        single, nvec, bounds = self.config.single_branch, self.nvec, split.bounds.tolist()
+        obs_dim = self.spaces["obs_dim"]
 
-        def act(t: int, obs: np.ndarray) -> Any:
-            q = split.q(t, obs[-n_private:]).tolist()
-            if not math.isfinite(sum(q)):  # an overflow in the split sums: let the network decide
-                return None
-            tol = tie_tolerance * (1.0 + max(abs(v) for v in q))
-            best = []
-            for lo, hi in zip(bounds[:-1], bounds[1:]):
-                branch = q[lo:hi]
-                i = max(range(len(branch)), key=branch.__getitem__)
-                if len(branch) > 1 and branch[i] - max(branch[:i] + branch[i + 1:]) <= tol:
-                    return None
-                best.append(i)
+        def decide(start: int, private: np.ndarray) -> list[Any]:
+            q = split.q_block(start, private)
+            k = len(q)
+            rows = np.arange(k)
+            with np.errstate(invalid="ignore", over="ignore"):
+                ok = np.isfinite(q.sum(axis=1))  # an overflow in the split sums: let the network decide
+                tol = tie_tolerance * (1.0 + np.abs(q).max(axis=1))
+                best = np.empty((k, len(bounds) - 1), dtype=np.int64)
+                for d, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+                    branch = q[:, lo:hi]
+                    i = branch.argmax(axis=1)  # the first of equal maxima, as the forward's argmax
+                    if hi - lo > 1:
+                        rest = branch.copy()
+                        rest[rows, i] = -np.inf
+                        ok &= branch[rows, i] - rest.max(axis=1) > tol
+                    best[:, d] = i
             if single:
-                best = [int(x) for x in np.unravel_index(best[0], nvec)]
-            actions = np.asarray([best], dtype=np.int64)
-            return (actions if self._targets is None else self._env_actions(obs.reshape(1, -1), actions))[0]
+                best = np.stack(np.unravel_index(best[:, 0], nvec), axis=1).astype(np.int64)
+            if self._targets is not None:
+                # _env_actions reads the observation's position cell only: a read-only view whose every cell of
+                # row j is private[j, 0] (the position) stands in for the K observations
+                obs = np.broadcast_to(np.asarray(private, dtype=np.float32)[:, :1], (k, obs_dim))
+                best = self._env_actions(obs, best)
+            return [row if good else None for row, good in zip(best, ok.tolist())]
 
-        return act
+        return decide
 
     def q_values(self, observation: np.ndarray) -> list[np.ndarray]:
         """Per-branch Q values of a batch of observations (for inspection and tests)."""
@@ -430,8 +535,9 @@ class DeepScalper:
             self._pending.popleft()
 
     def _train_step(self) -> None:
-        """One gradient update: ``deepscalper_loss`` on a replay batch (the algorithm), then plumbing: clip the
-        gradient norm, step Adam, write the new priorities back, update the target network on schedule."""
+        """One gradient update: ``deepscalper_loss`` on a replay batch (the algorithm; for mingru on the CPU its
+        graph-free twin ``deepscalper_gradients``), then plumbing: clip the gradient norm, step Adam, write the new
+        priorities back, update the target network on schedule."""
         cfg = self.config
         batch = self.replay_buffer.sample(cfg.batch_size, self._rng, self._beta())
         aux_weight = cfg.aux_weight if cfg.use_aux else 0.0
@@ -449,38 +555,124 @@ class DeepScalper:
             actions = np.ravel_multi_index(tuple(batch.actions.T), self.nvec)[None]
         else:
             actions = batch.actions.T
+        if self._fast_path:
+            # no autograd graph here: inference mode skips autograd's dispatch on every tensor operation (the
+            # buffers written in place are ordinary tensors that need no gradient)
+            with torch.inference_mode():
+                loss_q, loss_vol, q_mean, priorities = self._fast_gradients(batch, actions, aux_weight)
+                self._clip_gradients()
+                self._adam_step()
+        else:
+            def tensor(array: np.ndarray) -> torch.Tensor:
+                return torch.as_tensor(array, device=self.device)
 
-        def tensor(array: np.ndarray) -> torch.Tensor:
-            return torch.as_tensor(array, device=self.device)
-
-        terms = deepscalper_loss(
-            self.q_net, self.q_target, obs=tensor(batch.obs), actions=tensor(actions),
-            returns=tensor(batch.returns / np.float32(self.reward_scale or 1.0)), next_obs=tensor(batch.next_obs),
-            discounts=tensor(batch.discounts),
-            weights=tensor(batch.weights), vol_targets=tensor(batch.vol_targets / np.float32(self.vol_scale or 1.0)),
-            aux_weight=aux_weight)
-        for p in self._params:  # what optimizer.zero_grad(set_to_none=True) does, without its profiler hooks
-            p.grad = None
-        terms.loss.backward()
-        torch.nn.utils.clip_grad_norm_(self._params, cfg.max_grad_norm, foreach=True)
-        self.optimizer.step()
-        self.replay_buffer.update_priorities(batch.indices, terms.priorities.cpu().numpy())
+            terms = deepscalper_loss(
+                self.q_net, self.q_target, obs=tensor(batch.obs), actions=tensor(actions),
+                returns=tensor(batch.returns / np.float32(self.reward_scale or 1.0)),
+                next_obs=tensor(batch.next_obs), discounts=tensor(batch.discounts), weights=tensor(batch.weights),
+                vol_targets=tensor(batch.vol_targets / np.float32(self.vol_scale or 1.0)), aux_weight=aux_weight)
+            self._twin.grad.zero_()  # autograd accumulates into the flat gradient buffer's views
+            self._twin.attach_grads()
+            terms.loss.backward()
+            loss_q, q_mean = float(terms.loss_q), float(terms.q_taken.mean())
+            loss_vol = float("nan") if terms.loss_vol is None else float(terms.loss_vol)
+            priorities = terms.priorities.cpu().numpy()
+            self._clip_gradients()
+            self._adam_step()
+        self.replay_buffer.update_priorities(batch.indices, priorities)
         self.n_updates += 1
         if self.n_updates % cfg.target_update_interval == 0:
             self._update_target()
-        self._stats["td"].append(float(terms.loss_q))
-        self._stats["aux"].append(float("nan") if terms.loss_vol is None else float(terms.loss_vol))
-        self._stats["q"].append(float(terms.q_taken.mean()))
+        self._stats["td"].append(loss_q)
+        self._stats["aux"].append(loss_vol)
+        self._stats["q"].append(q_mean)
+
+    def _fast_gradients(self, batch: Any, actions: np.ndarray, aux_weight: float) -> tuple[float, float, float,
+                                                                                            np.ndarray]:
+        """:func:`deepscalper_gradients` on a replay batch (its arrays are reused by every sample: their tensor
+        views are made once). Returns (L_q, L_vol or NaN, mean Q(s, a_taken), new priorities)."""
+        if self._batch_tensors is None or self._batch_tensors[0] is not batch.obs_pair:
+            self._batch_tensors = (batch.obs_pair, torch.from_numpy(batch.obs_pair))
+        # scaled in place in the batch's own (reused) arrays: numpy is cheaper than a torch op on 64 numbers
+        batch.returns /= np.float32(self.reward_scale or 1.0)
+        batch.vol_targets /= np.float32(self.vol_scale or 1.0)
+        _, loss_q, loss_vol, q_taken, priorities = _gradients(
+            self.q_net, self._twin, self._batch_tensors[1], actions, batch.returns, batch.discounts, batch.weights,
+            batch.vol_targets, aux_weight)
+        return float(loss_q), float("nan") if loss_vol is None else float(loss_vol), float(q_taken.mean()), priorities
+
+    def _clip_gradients(self) -> None:
+        """Scale the gradients so that their global L2 norm is at most ``max_grad_norm``: what
+        ``torch.nn.utils.clip_grad_norm_`` does (coefficient max_norm / (norm + 1e-6), at most 1), on the one
+        flat gradient buffer."""
+        grad = self._twin.grad
+        coefficient = self.config.max_grad_norm / (float(torch.linalg.vector_norm(grad)) + 1e-6)
+        if coefficient < 1.0:
+            grad.mul_(coefficient)
+
+    def _link_adam_state(self) -> None:
+        """Make the optimizer's per-parameter state (step, exp_avg, exp_avg_sq) views of three flat buffers
+        (``_adam_step`` then updates all parameters in a few operations; ``optimizer.state_dict()`` stays
+        current and keeps torch's format). Keeps the values of a loaded state; a fresh one starts at zero, as
+        torch's Adam initialises it."""
+        params, state = self._params, self.optimizer.state
+        flat = self._twin.online
+        self._adam_m, self._adam_v = torch.zeros_like(flat), torch.zeros_like(flat)
+        self._adam_steps = torch.zeros(len(params), dtype=torch.float32, device=flat.device)
+        offset = 0
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                n = p.numel()
+                old = state.get(p, {})
+                entry = dict(old)
+                for key, buffer in (("exp_avg", self._adam_m), ("exp_avg_sq", self._adam_v)):
+                    view = buffer[offset:offset + n].view_as(p)
+                    if key in old:
+                        view.copy_(old[key])
+                    entry[key] = view
+                if "step" in old:
+                    self._adam_steps[i] = float(old["step"])
+                entry["step"] = self._adam_steps[i]
+                state[p] = entry
+                offset += n
+        # _adam_step needs one step count for all parameters (torch's Adam steps them together)
+        self._adam_uniform = bool((self._adam_steps == self._adam_steps[:1]).all())
+
+    def _adam_step(self) -> None:
+        """``self.optimizer.step()`` (torch's Adam: the same formulas, to float rounding) on the flat parameter,
+        gradient and moment buffers: six tensor operations instead of the optimizer's per-call Python machinery.
+        Settings it does not implement (weight decay, amsgrad, maximize, several groups, parameters at
+        different step counts) go through torch's ``step``.
+
+        With m and v the moments and t the step: p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps),
+        computed as p -= (lr sqrt(1 - b2^t) / (1 - b1^t)) * m / (sqrt(v) + eps sqrt(1 - b2^t)).
+        """
+        opt = self.optimizer
+        group = opt.param_groups[0]
+        if (len(opt.param_groups) != 1 or group["weight_decay"] or group["amsgrad"] or group["maximize"]
+                or not self._adam_uniform):
+            opt.step()
+            self._adam_uniform = bool((self._adam_steps == self._adam_steps[:1]).all())
+            return
+        beta1, beta2 = group["betas"]
+        steps = self._adam_steps
+        steps += 1  # the optimizer state's step counts (views of this tensor)
+        step = int(steps[0])
+        bias_correction2_sqrt = math.sqrt(1.0 - beta2 ** step)
+        grad, m, v = self._twin.grad, self._adam_m, self._adam_v
+        m.lerp_(grad, 1.0 - beta1)
+        v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        denom = v.sqrt().add_(group["eps"] * bias_correction2_sqrt)
+        self._twin.online.addcdiv_(m, denom, value=-group["lr"] * bias_correction2_sqrt / (1.0 - beta1 ** step))
 
     def _update_target(self) -> None:
         """Hard copy (tau = 1) or Polyak averaging target <- target + tau * (online - target)."""
-        tau = self.config.tau
-        with torch.no_grad():
-            for target, online in zip(self.q_target.parameters(), self.q_net.parameters()):
-                if tau >= 1.0:
-                    target.copy_(online)
-                else:
-                    target.lerp_(online, tau)
+        tau, twin = self.config.tau, self._twin
+        with torch.no_grad():  # every parameter at once: both networks live in one tensor (TwinParameters)
+            if tau >= 1.0:
+                twin.target.copy_(twin.online)
+            else:
+                twin.target.lerp_(twin.online, tau)
         self.n_target_updates += 1
 
     def learn(self, total_timesteps: int, callback: Callable[[dict[str, Any]], bool] | Any = None,
@@ -530,6 +722,8 @@ class DeepScalper:
                 self.exploration_rate = self._epsilon()
                 if self._rng.random() < self.exploration_rate:
                     action = self._rng.integers(0, nvec)
+                elif self._online_arrays is not None:  # numpy, one observation (the same argmax to rounding)
+                    action = self._act_greedy(obs)
                 else:
                     action = self._greedy(obs[None])[0]
                 next_obs, reward, terminated, truncated, info = env.step(self._env_actions(obs[None], action[None])[0])
@@ -634,8 +828,14 @@ class DeepScalper:
             "versions": {"torch": torch.version.__version__, "numpy": np.__version__,
                          "python": platform.python_version()},
         }
-        states = {"policy.pth": self.q_net.state_dict(), "target_policy.pth": self.q_target.state_dict(),
-                  "optimizer.pth": self.optimizer.state_dict(), "torch_rng.pth": {"cpu": torch.get_rng_state()}}
+        # the tensors are views of shared buffers (TwinParameters, the flat Adam moments): saved as clones, so
+        # each file holds its own tensors only, in torch's usual layout
+        optimizer_state = self.optimizer.state_dict()
+        optimizer_state["state"] = {i: {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+                                    for i, s in optimizer_state["state"].items()}
+        states = {"policy.pth": _cloned(self.q_net.state_dict()),
+                  "target_policy.pth": _cloned(self.q_target.state_dict()),
+                  "optimizer.pth": optimizer_state, "torch_rng.pth": {"cpu": torch.get_rng_state()}}
         with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
             zf.writestr(_META, json.dumps(to_jsonable(meta), indent=1))
             for name, state in states.items():
@@ -694,6 +894,7 @@ class DeepScalper:
             agent.q_net.load_state_dict(states["policy.pth"])
             agent.q_target.load_state_dict(states["target_policy.pth"])
             agent.optimizer.load_state_dict(states["optimizer.pth"])
+            agent._link_adam_state()
             counters = meta["counters"]
             agent.num_timesteps = int(counters["num_timesteps"])
             agent.n_updates = int(counters["n_updates"])

@@ -21,6 +21,9 @@ class Batch:
     vol_targets: np.ndarray
     indices: np.ndarray
     weights: np.ndarray
+    obs_pair: np.ndarray | None = None
+    """(2, B, obs_dim): obs and next_obs in one array (``obs`` and ``next_obs`` are its two views), the input of
+    the stacked online/target pass."""
 
 
 class SumTree:
@@ -64,11 +67,19 @@ class SumTree:
             node >>= 1
 
     def find(self, prefix_sums: np.ndarray) -> np.ndarray:
-        """Leaf index i with cumsum(leaves)[i-1] < u <= cumsum(leaves)[i] for every u, all at once."""
-        u = np.asarray(prefix_sums, dtype=np.float64).copy()
-        node = np.ones(u.shape, dtype=np.int64)
+        """Leaf index i with cumsum(leaves)[i-1] < u <= cumsum(leaves)[i] for every u, all at once.
+
+        The top levels (up to 1,024 nodes) in one step: the first node of that level whose running sum reaches u
+        (``searchsorted`` on its cumsum), then one binary descent step per remaining level."""
+        u = np.asarray(prefix_sums, dtype=np.float64)
         tree = self.tree
-        for _ in range(self.depth):
+        top = min(self.depth, 10)
+        first = 1 << top
+        sums = np.cumsum(tree[first:2 * first])
+        node = np.minimum(np.searchsorted(sums, u, side="left"), first - 1)
+        u = u - np.where(node > 0, sums[node - 1], 0.0)
+        node += first
+        for _ in range(self.depth - top):
             node <<= 1
             left_sum = tree[node]
             go_right = u > left_sum
@@ -129,9 +140,10 @@ class ReplayBuffer:
         out = self._out
         if out is None or len(out.returns) != len(idx):
             n, obs_dim = len(idx), self.obs.shape[1]
-            out = self._out = Batch(np.empty((n, obs_dim), np.float32), np.empty((n, self.actions.shape[1]), np.int64),
-                                    np.empty(n, np.float32), np.empty((n, obs_dim), np.float32),
-                                    np.empty(n, np.float32), np.empty(n, np.float32), idx, np.empty(n, np.float32))
+            pair = np.empty((2, n, obs_dim), np.float32)
+            out = self._out = Batch(pair[0], np.empty((n, self.actions.shape[1]), np.int64), np.empty(n, np.float32),
+                                    pair[1], np.empty(n, np.float32), np.empty(n, np.float32), idx,
+                                    np.empty(n, np.float32), pair)
         for name in ("obs", "actions", "returns", "next_obs", "discounts", "vol_targets"):
             np.take(getattr(self, name), idx, axis=0, out=getattr(out, name))
         out.indices = idx

@@ -228,6 +228,27 @@ def score(result: BacktestResult, ppy: float) -> dict[str, float]:
             "return_pct": float(100.0 * (result.equity[-1] / result.equity[0] - 1.0))}
 
 
+def positions_by_session_bar(result: BacktestResult) -> list[float]:
+    """Mean position held over the i-th bar of a session (i = 0 .. bars a session - 1), as a fraction of the
+    largest position held in the run (signed: + long, - short); empty for daily bars.
+
+    The position at a bar's close in ``result`` is the one held over that bar (filled at its open), so entry i
+    is the mean exposure over the sessions' i-th bars (a session that the run enters part-way, its first, is
+    counted from the run's first bar). Read beside the oracle's: it shows which bars of the session a learner
+    trades (``bench/learnability.py`` records it per intraday run).
+    """
+    stamps = np.asarray(result.timestamps)
+    days = stamps.astype("datetime64[D]")
+    if len(stamps) < 2 or not np.any(days[1:] == days[:-1]):
+        return []
+    new_day = np.r_[True, days[1:] != days[:-1]]
+    first = np.maximum.accumulate(np.where(new_day, np.arange(len(days)), 0))
+    slot = np.arange(len(days)) - first
+    exposure = np.nan_to_num(np.asarray(result.exposure, dtype=np.float64))
+    scale = float(np.abs(exposure).max()) or 1.0
+    return [round(float(exposure[slot == i].mean()) / scale, 3) for i in range(int(slot.max()) + 1)]
+
+
 def oracle_fraction(sharpe: float, oracle_sharpe: float) -> float:
     """``sharpe / oracle_sharpe``; nan when the oracle has no edge to share (driftless markets)."""
     return sharpe / oracle_sharpe if oracle_sharpe > 0.1 else math.nan
@@ -257,6 +278,11 @@ class RunRow:
     steps: int = 0
     curve: list[tuple[float, int, float]] = field(default_factory=list)
     """(seconds, steps, validation Sharpe) at every validation during training."""
+    session_positions: list[float] = field(default_factory=list)
+    """Intraday markets: the agent's mean position over each bar of the session on the test split
+    (:func:`positions_by_session_bar`); empty for daily bars."""
+    oracle_session_positions: list[float] = field(default_factory=list)
+    """The same for the oracle."""
 
     @property
     def fraction(self) -> float:

@@ -266,6 +266,28 @@ class TradingEnv(gym.Env):
         cells[wf + 3] = (t_end - t) / (t_end - self.t0)
         return obs
 
+    def held_private(self, start: int, stop: int) -> np.ndarray:
+        """(stop - start, N_PRIVATE) float32: the private cells of the observations at bars ``start .. stop - 1``
+        if the account stays as it is now (no fill from here on): the mark to market and :meth:`_obs`'s arithmetic
+        in the same order, as arrays (``tests/test_batched_eval.py`` checks the bytes against the observations).
+        A batched predictor decides a stretch of bars in advance from these; it must compare each real
+        observation's cells with them (a fill changes the account, and so the cells from its bar on)."""
+        close = np.asarray(self.data.close[start:stop], dtype=np.float64)
+        cash, units, avg = self.cash, self.units, self.avg_price
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            value = units * close
+            unrealised = units * (close - avg)
+            equity = np.where(value > 0, cash + ((value - unrealised) / self._lev + unrealised), cash + value)
+            positive = equity > 0
+            position = np.where(positive, units * close / (self._max_position * equity), 0.0)
+            cash_share = np.where(positive, cash / equity, 0.0)
+            out = np.empty((len(close), N_PRIVATE), dtype=np.float64)
+            out[:, 0] = np.clip(position, -OBS_BOUND, OBS_BOUND)
+            out[:, 1] = np.clip(unrealised / self._initial, -OBS_BOUND, OBS_BOUND)
+            out[:, 2] = np.clip(cash_share, -OBS_BOUND, OBS_BOUND)
+            out[:, 3] = (self.t_end - np.arange(start, stop, dtype=np.float64)) / (self.t_end - self.t0)
+        return out.astype(np.float32)
+
     def _info(self) -> dict[str, Any]:
         """The info of reset(): the step info keys with nothing traded yet."""
         info = {"equity": self.equity, "position": self.units, "pnl": 0.0, "cost": 0.0, "commission": 0.0,

@@ -128,8 +128,10 @@ def test_near_ties_go_to_the_models_own_predict():
 
 
 @pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn"])
-def test_sb3_batched_equals_bar_by_bar(algo):
+def test_sb3_batched_equals_bar_by_bar(algo, monkeypatch):
     from agents.sb3_agent import algo_class
+
+    monkeypatch.setattr("evaluation.batched.CHUNK", 97)  # the market share computed in many chunks as bars come
 
     data = random_walk_data(800, seed=6, n_features=3, interval="1h", vol=0.02)
     config = EnvConfig(window=8, action_mode="discrete", position_levels=5, episode_length=None,
@@ -157,3 +159,110 @@ def test_unsupported_policies_are_stepped_bar_by_bar():
     env.reset(seed=0)
     assert split_predictor(model, env) is None
     assert_same_backtest(run_backtest(model, data, config), run_backtest(model, data, config, batched=False))
+
+
+# --- stretches decided ahead ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["discrete", "multidiscrete"])
+@pytest.mark.parametrize("leverage,short,max_position", [(1.0, True, 1.0), (2.0, True, 3.0), (1.0, False, 1.0),
+                                                         (4.0, True, 10.0)])
+def test_held_private_is_what_the_observations_hold(mode, leverage, short, max_position):
+    """TradingEnv.held_private, computed at a bar, gives the private cells of every later observation up to the
+    next fill, byte for byte (long, short, leveraged and ruined accounts)."""
+    data = random_walk_data(600, seed=9, n_features=2, interval="1h", vol=0.03)
+    config = EnvConfig(window=5, action_mode=mode, margin_leverage=leverage, allow_short=short,
+                       max_position=max_position, commission_rate=0.001, slippage_bps=3.0, ruin_fraction=0.2,
+                       episode_length=None, random_start=False)
+    env = TradingEnv(data, config)
+    obs, _ = env.reset(seed=0)
+    rng = np.random.default_rng(4)
+    env.action_space.seed(4)
+    ahead, since, checked, fills = env.held_private(env.t, env.t_end), env.t, 0, 0
+    hold = np.array([0, config.quantity_levels.index(0.0)]) if mode == "multidiscrete" else 0
+    action, done = hold, False
+    while not done:
+        assert obs[-4:].tobytes() == ahead[env.t - since].tobytes(), env.t
+        checked += 1
+        if rng.random() < 0.05:  # now and then a new order; else no order (multidiscrete) or the same target
+            action = env.action_space.sample()
+        elif mode == "multidiscrete":
+            action = hold
+        obs, _, terminated, truncated, info = env.step(action)
+        done = terminated or truncated
+        if info["filled"]:
+            fills += 1
+            ahead, since = env.held_private(env.t, env.t_end + 1), env.t
+    assert fills >= 5 and (checked > 500 or terminated)  # the whole split, or ruin (10x the equity, leverage 4)
+
+
+def test_planner_decides_stretches_not_bars():
+    """The planned predictor asks the network once per stretch between fills, not once per bar, and its actions
+    are the model's own (the backtests above prove them equal; here the number of batched calls)."""
+    data = random_walk_data(1500, seed=4, n_features=3, interval="1h", vol=0.02)
+    agent, config = _deepscalper(data, 1)
+    env = TradingEnv(data, config.replace(episode_length=None, random_start=False))
+    obs, _ = env.reset(seed=0)
+    act = split_predictor(agent, env)
+    calls = []
+    decide = act.decide
+    act.decide = lambda start, private: calls.append(len(private)) or decide(start, private)
+    done, fills, steps = False, 0, 0
+    while not done:
+        action = act(env.t, obs)
+        expected = agent.predict(obs)[0]
+        if action is not None:
+            assert np.array_equal(action, expected)
+        obs, _, terminated, truncated, info = env.step(expected)
+        fills += info["filled"]
+        steps += 1
+        done = terminated or truncated
+    assert fills > 5
+    assert len(calls) <= 2 * fills + steps // 32 + 2  # a new stretch after each fill (and its growth)
+    assert sum(calls) >= steps
+
+
+@pytest.mark.parametrize("model", ["deepscalper", "ppo"])
+def test_batched_actions_on_backtraders_broker_equal_bar_by_bar(model):
+    """On the backtrader engine (the parity spot-check, ``--engine backtrader``) the batched predictor decides
+    the actions too (from backtrader's own account in the observation): the run equals bar-by-bar prediction."""
+    data = random_walk_data(400, seed=8, n_features=3, interval="1h", vol=0.02)
+    if model == "deepscalper":
+        policy, config = _deepscalper(data, 0)
+    else:
+        from stable_baselines3 import PPO
+
+        config = EnvConfig(window=8, action_mode="discrete", position_levels=5, episode_length=None,
+                           random_start=False)
+        policy = PPO("MlpPolicy", TradingEnv(data, config), seed=1, device="cpu", policy_kwargs={"net_arch": [16]})
+    stepped = run_backtest(policy, data, config, engine="backtrader", batched=False)
+    assert_same_backtest(run_backtest(policy, data, config, engine="backtrader"), stepped)
+    assert stepped.n_fills > 3
+
+
+@pytest.mark.parametrize("kw", [dict(rnn="mingru"), dict(rnn="gru", macro_window=3), dict(rnn="lstm"),
+                                dict(rnn="mingru", time_left_input=True, macro_window=0),
+                                dict(rnn="gru", single_branch=True)])
+def test_split_forward_equals_the_network_in_float64(kw):
+    """SplitForward.q_block (a stretch of bars at once) is the network's forward, regrouped: against the same
+    network in float64 it agrees to 1e-7 (the network's dueling centring holds 1/n as a float32 constant; the rest
+    agrees to float64 rounding), a thousand times inside the tie guard."""
+    import copy
+
+    from deepscalper.networks import SplitForward
+
+    data = random_walk_data(300, seed=5, n_features=3, interval="1h", vol=0.02)
+    agent, config = _deepscalper(data, 0, **kw)
+    env = TradingEnv(data, config)
+    features = env.observed_features()
+    split = SplitForward(agent.q_net, features)
+    start, k = 40, 60
+    private = np.random.default_rng(0).normal(size=(k, 4)).astype(np.float32)
+    obs = np.stack([np.r_[features[t - config.window + 1:t + 1].ravel(), private[t - start]]
+                    for t in range(start, start + k)]).astype(np.float64)
+    with torch.no_grad():
+        reference = copy.deepcopy(agent.q_net).double()(torch.from_numpy(obs)).numpy()
+    q = split.q_block(start, private)
+    bounds = split.bounds.tolist()
+    for d, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        np.testing.assert_allclose(q[:, lo:hi], reference[d, :, :hi - lo], rtol=1e-7, atol=1e-7)
+    np.testing.assert_allclose(split.q(start + 3, private[3]), q[3], rtol=1e-12, atol=1e-12)

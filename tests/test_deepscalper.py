@@ -16,8 +16,8 @@ import torch
 from agents.config import DEFAULTS, load_config
 from botcore.errors import ConfigError, ModelFileError, UserError
 from deepscalper import DeepScalper, DeepScalperConfig, training_env_overrides
-from deepscalper.agent import deepscalper_loss, quantity_targets
-from deepscalper.networks import DeepScalperNet, MinGRU
+from deepscalper.agent import deepscalper_gradients, deepscalper_loss, quantity_targets
+from deepscalper.networks import DeepScalperNet, MinGRU, TwinParameters
 from deepscalper.replay import PrioritizedReplayBuffer, ReplayBuffer, SumTree
 from rl_env import EnvConfig, MarketData, TradingEnv
 
@@ -71,6 +71,14 @@ def test_sum_tree_find_matches_cumsum_and_sampling_frequencies_match_priorities(
     assert tree.total == pytest.approx(prios.sum())
     u = rng.uniform(0, prios.sum(), 5000)
     np.testing.assert_array_equal(tree.find(u), np.searchsorted(np.cumsum(prios), u))
+    # deeper than the 10 levels resolved by one searchsorted: the binary descent below them finds the same leaves
+    deep_prios = rng.uniform(0.0, 5.0, 5000)
+    deep_prios[rng.integers(0, 5000, 500)] = 0.0
+    deep = SumTree(5000)
+    deep.update(np.arange(5000), deep_prios)
+    deep_u = rng.uniform(0, deep_prios.sum(), 5000)
+    assert deep.depth > 10
+    np.testing.assert_array_equal(deep.find(deep_u), np.searchsorted(np.cumsum(deep_prios), deep_u))
     # duplicates in one update, scalar updates and a rebuild all keep the sums right
     tree.update(np.array([5, 5, 9]), np.array([1.0, 2.0, 4.0]))
     tree.set_one(11, 0.5)
@@ -211,6 +219,82 @@ def test_loss_is_the_papers_formula_term_by_term(branches):
     assert no_aux.loss_vol is None and torch.equal(no_aux.loss, no_aux.loss_q)
     unknown = deepscalper_loss(online, target, **{**batch, "vol_targets": torch.full((n,), np.nan)}, aux_weight=eta)
     assert unknown.loss_vol is None and torch.equal(unknown.loss.detach(), terms.loss_q)
+
+
+@pytest.mark.parametrize("branches", [[3, 5], [4, 4], [9]])
+def test_training_fast_path_equals_autograd_on_the_loss(branches):
+    """deepscalper_gradients (one stacked online/target pass, hand-derived gradients, no autograd graph: what the
+    agent trains with for mingru) gives deepscalper_loss's terms, priorities and autograd's gradients, with the
+    private-state mask and a macro window of 2 bars; the parameters' values and the target net are untouched."""
+    torch.manual_seed(0)
+    kw = dict(window=6, n_features=3, n_private=4, branch_sizes=branches, hidden_size=8, rnn="mingru",
+              micro_window=4, macro_window=2, time_left_input=False)
+    online, target = DeepScalperNet(**kw).double(), DeepScalperNet(**kw).double()
+    for net in (online, target):  # the centring map's 1/n exactly in float64 (built in float32, then cast)
+        for d, size in enumerate(branches):
+            net.centre[1 + d, :size, :size] = torch.eye(size, dtype=torch.float64) - 1.0 / size
+    fast_online, fast_target = copy.deepcopy(online), copy.deepcopy(target)
+    twin = TwinParameters(fast_online, fast_target)
+    for (name, p), q in zip(online.named_parameters(), fast_online.parameters()):
+        assert torch.equal(p, q), name
+    batch = _random_batch(branches, 8, torch.Generator().manual_seed(1))
+    pair = torch.stack([batch["obs"], batch["next_obs"]])
+    rest = {k: v for k, v in batch.items() if k not in ("obs", "next_obs")}
+    for eta, vol_targets in ((0.5, batch["vol_targets"]), (0.0, batch["vol_targets"]),
+                             (0.5, torch.full((8,), float("nan"), dtype=torch.float64))):
+        online.zero_grad()
+        terms = deepscalper_loss(online, target, **{**batch, "vol_targets": vol_targets}, aux_weight=eta)
+        terms.loss.backward()
+        twin.grad.fill_(123.0)  # every gradient cell is written, whatever was there
+        fast = deepscalper_gradients(fast_online, twin, obs_pair=pair, **{**rest, "vol_targets": vol_targets},
+                                     aux_weight=eta)
+        torch.testing.assert_close(fast.loss_q, terms.loss_q, rtol=1e-12, atol=0)
+        assert (fast.loss_vol is None) == (terms.loss_vol is None)
+        if terms.loss_vol is not None:
+            torch.testing.assert_close(fast.loss_vol, terms.loss_vol, rtol=1e-12, atol=0)
+        torch.testing.assert_close(fast.loss.detach(), terms.loss.detach(), rtol=1e-12, atol=0)
+        torch.testing.assert_close(fast.q_taken, terms.q_taken, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(fast.priorities, terms.priorities, rtol=1e-10, atol=1e-14)
+        for (name, p), q in zip(online.named_parameters(), fast_online.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-13, msg=name)
+    assert all(torch.equal(p, q) for p, q in zip(target.parameters(), fast_target.parameters()))
+    assert all(p.grad is None for p in fast_target.parameters())
+
+
+@pytest.mark.parametrize("single_branch", [False, True])
+def test_numpy_acting_takes_the_forward_greedy_action(single_branch):
+    """The training loop's numpy acting (greedy_numpy on views of the live weights) picks the network forward's
+    greedy action, also after updates have changed the weights in place."""
+    agent = DeepScalper(make_env(), DeepScalperConfig(**{**TINY, "single_branch": single_branch}), seed=1)
+    obs = np.random.default_rng(2).standard_normal((300, agent.spaces["obs_dim"])).astype(np.float32) * 2
+    for _ in range(2):
+        expected = agent._greedy(obs)
+        np.testing.assert_array_equal(np.stack([agent._act_greedy(o) for o in obs]), expected)
+        agent.learn(60)
+
+
+def test_flat_adam_and_clipping_equal_torch():
+    """The agent's Adam step and gradient clipping on the flat buffers equal torch's Adam (fused) and
+    clip_grad_norm_ on the same gradients, step after step, and the optimizer's state_dict stays current."""
+    agents = [DeepScalper(make_env(), DeepScalperConfig(**TINY), seed=0) for _ in range(2)]
+    ours, reference = agents
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(4):
+        grad = torch.randn(ours._twin.grad.shape, generator=generator) * 3.0
+        ours._twin.grad.copy_(grad)
+        ours._clip_gradients()
+        ours._adam_step()
+        reference._twin.grad.copy_(grad)
+        torch.nn.utils.clip_grad_norm_(reference._params, reference.config.max_grad_norm)
+        reference.optimizer.step()
+        torch.testing.assert_close(ours._twin.grad, reference._twin.grad, rtol=1e-6, atol=1e-9)
+        for p, q in zip(ours._params, reference._params):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-8)
+    for state, ref in zip(ours.optimizer.state_dict()["state"].values(),
+                          reference.optimizer.state_dict()["state"].values()):
+        assert float(state["step"]) == float(ref["step"]) == 4.0
+        torch.testing.assert_close(state["exp_avg"], ref["exp_avg"], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(state["exp_avg_sq"], ref["exp_avg_sq"], rtol=1e-6, atol=1e-7)
 
 
 def test_no_private_torch_api():

@@ -16,11 +16,14 @@ from agents.config import DEFAULTS
 from agents.registry import Registry
 from evaluation.learnability import (
     FAMILIES,
+    INTRADAY_PATTERN,
     PLANTED,
+    SESSION_BARS,
     MarketSpec,
     RunRow,
     format_table,
     generate_market,
+    positions_by_session_bar,
     prepare_market,
     reference_backtests,
     score,
@@ -28,7 +31,7 @@ from evaluation.learnability import (
     summarise,
 )
 from training import job as job_module
-from training.job import JobSpec, memorisation_warning, model_health, run_job
+from training.job import JobSpec, default_steps, memorisation_warning, model_health, run_job
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_DS = dict(hidden_size=16, batch_size=32, buffer_size=5000, learning_starts=200, target_update_interval=100)
@@ -88,6 +91,20 @@ def test_oracle_targets_are_decided_from_the_past_as_the_process_says():
     assert np.allclose(raw2["close"].to_numpy()[:300], raw1["close"].to_numpy()[:300])
 
 
+def test_positions_by_session_bar_read_the_oracle_pattern_and_nothing_on_daily_bars():
+    """The intraday diagnostic: the oracle's mean position over each bar of the session is the planted pattern
+    (flat over the session's first bar, which follows the overnight gap, and over its last, flattened by the env)."""
+    market = prepare_market(MarketSpec("intraday", n_bars=1400), 0, config())
+    runs = reference_backtests(market, config(), "test")
+    by_bar = positions_by_session_bar(runs["oracle"])
+    assert len(by_bar) == SESSION_BARS
+    assert np.array_equal(np.sign(np.round(by_bar, 2)), INTRADAY_PATTERN)
+    assert min(abs(v) for v, p in zip(by_bar, INTRADAY_PATTERN, strict=True) if p) > 0.8
+    assert positions_by_session_bar(runs["buy_and_hold"])[0] > 0.8  # B&H re-enters before the first bar
+    daily = prepare_market(MarketSpec("momentum", n_bars=400), 0, config())
+    assert positions_by_session_bar(reference_backtests(daily, config(), "test")["oracle"]) == []
+
+
 def test_time_of_day_effect_is_linear_in_the_time_features():
     """The cause of "no agent learns the intraday effect": the daily cycle alone (``f_tod_sin/cos``) is nearly
     monotone over a session, so a linear read of it cannot follow a drift that changes sign twice a session;
@@ -139,6 +156,37 @@ def test_summary_table_and_time_to_half_oracle():
     assert "| momentum_0.3 | deepscalper | 2 | 1.50 ± 0.71 | 0.50 ± 0.24 |" in table and "1/2" in table
     assert seconds_to_fraction([(1.0, 100, 0.2), (2.0, 200, float("nan")), (3.0, 300, 1.6)], 1.5) == 3.0
     assert math.isnan(seconds_to_fraction([(1.0, 100, 0.2)], 1.5))
+
+
+def test_default_steps_make_at_least_one_pass_over_a_long_training_split():
+    """10,000 steps are 0.7 of a pass over the intraday market's 14,595 training bars (2 of 5 seeds met the goal;
+    4 of 5 with 15,000): left at its default, a round trains at least ``min_passes`` passes, rounded up to whole
+    validations; a daily split of 2,000 bars and every explicit step count train as given."""
+    assert default_steps(10_000, 14_595, 1.0, 1000) == 15_000
+    assert default_steps(10_000, 14_595, 1.0) == 14_595
+    assert default_steps(10_000, 1_995, 1.0, 1000) == 10_000
+    assert default_steps(2_000, 14_595, 1.0, 1000) == 2_000 and default_steps(20_000, 14_595, 1.0, 1000) == 20_000
+    assert default_steps(10_000, 14_595, 0.0, 1000) == 10_000 and default_steps(10_000, 14_595, 2.0, 0) == 29_190
+    assert DEFAULTS["training_params"]["min_passes"] == 1.0
+
+
+def test_a_job_at_the_default_steps_trains_a_pass_over_its_training_split(workspace):
+    bench = bench_module()
+    cfg = config(window=8)
+    market = prepare_market(MarketSpec("intraday", n_bars=15_400), 0, cfg)
+    inputs = bench.job_inputs(market, cfg, "deepscalper", {})
+    assert inputs.train_data.n_bars > 10_000
+
+    def job(steps: int, min_passes: float = 1.0) -> job_module.Job:
+        spec_cfg = copy.deepcopy(cfg)
+        spec_cfg["training_params"]["min_passes"] = min_passes
+        spec = JobSpec(symbol="SYN", interval="1h", model_type="deepscalper", algo="deepscalper", cfg=spec_cfg,
+                       steps=steps, eval_every=1000, register=False, checkpoints=False, quiet=True, inputs=inputs)
+        return job_module.Job(spec, job_module.StopFlag(), None)
+
+    at_default = job(10_000)
+    assert at_default.spec.steps == at_default.total_steps == -(-inputs.train_data.n_bars // 1000) * 1000
+    assert job(3_000).spec.steps == 3_000 and job(10_000, min_passes=0.0).spec.steps == 10_000
 
 
 # --- the small suite (make test): one strength, two seeds, few steps --------------------------------------
