@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--folds", type=whole_number(0, 10**6), help="replay only the last K folds (0 = all)")
     wf.add_argument("--steps", type=whole_number(1, 10**9), help="training steps per fold model")
     wf.add_argument("--seeds", type=whole_number(1, 1000), help="seeds per fold (each seed is its own loop)")
-    wf.add_argument("--workers", type=whole_number(1, 256), help="processes training folds side by side")
+    wf.add_argument("--workers", type=whole_number(1, 256),
+                    help="processes training folds side by side, this one included (2 = this process and one "
+                         "worker process)")
     wf.add_argument("--cluster", metavar="ADDRESS", help="train the folds on a Ray cluster: auto, ray://HOST:PORT or "
                     "HOST:PORT (default: cluster.address; none = this machine)")
     return p

@@ -119,18 +119,22 @@ def test_the_command_writes_the_report_and_counts_every_trial(workspace, capsys)
 
 
 @pytest.mark.slow
-def test_the_folds_train_the_same_in_process_and_in_a_pool_of_two(workspace, monkeypatch):
-    """The worker pool (long-lived processes at one torch thread, two folds side by side) trains the same fold
-    models as the calling process: the same validation Sharpes, promotions and test results."""
+def test_the_folds_train_the_same_in_process_in_a_pool_and_beside_the_parent(workspace, monkeypatch):
+    """The worker pool (long-lived processes at one torch thread, two folds side by side) and the shared pool
+    (the calling process trains folds beside one worker process started before the folds' data is prepared)
+    train the same fold models as the calling process alone: the same validation Sharpes, promotions and test
+    results."""
     import training.workers as workers
 
     cfg = load_config(overrides={"deepscalper": {"learning_starts": 32, "batch_size": 16},
                                  "evaluation": {"bootstrap_samples": 50}})
     _prepare_csv(workspace, generate_synthetic(1300, seed=4, start="2000-01-03"))
     reports = []
-    for count, in_process in ((1, True), (2, False)):
+    for count, in_process, shared in ((1, True, False), (2, False, False), (2, True, True)):
         monkeypatch.setattr(workers, "SINGLE_WORKER_IN_PROCESS", in_process)
+        monkeypatch.setattr(workers, "SHARE_PARENT", shared)
         settings = WalkForwardSettings(model_types=["deepscalper"], train_bars=500, test_bars=40, folds=3,
                                        steps=96, workers=count, quiet=True)
         reports.append(run_walkforward("WF", cfg, settings, StopFlag()))
-    assert reports[0]["loops"] == reports[1]["loops"] and reports[0]["stitched"] == reports[1]["stitched"]
+    for other in reports[1:]:
+        assert reports[0]["loops"] == other["loops"] and reports[0]["stitched"] == other["stitched"]

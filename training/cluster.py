@@ -50,7 +50,7 @@ from datafeed.dataset import data_command, load_manifest, split_file
 from datafeed.splits import SPLITS
 from training.checkpoints import STATE_FILE, checkpoints_root, claim_run, find_unfinished, tensorboard_root
 from training.job import Job, JobInputs, JobResult, JobSpec, PendingRegistration, register_trained
-from training.workers import STOP_GRACE_SECONDS, WorkerOutcome, run_in_workers, run_jobs
+from training.workers import STOP_GRACE_SECONDS, WorkerOutcome, WorkerPool, job_pool, run_in_workers, run_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,11 @@ class JobRunner(Protocol):
     remote: bool
     """True when the work runs outside this machine's filesystem (files must travel as bytes)."""
 
+    def start(self, jobs: int, stop: StopFlag, log_file: str | None = None, quiet: bool = False) -> None:
+        """Get ready for ``jobs`` training jobs before they are prepared (this machine: start the workers, whose
+        imports then overlap the caller's preparation); the next :meth:`run_jobs` uses what was started."""
+        ...
+
     def run_jobs(self, specs: list[JobSpec], stop: StopFlag, log_file: str | None = None,
                  quiet: bool = False) -> list[JobResult]:
         """Run training jobs; results in the order of ``specs``."""
@@ -90,16 +95,28 @@ class JobRunner(Protocol):
 
 
 class LocalRunner:
-    """This machine: a pool of ``workers`` long-lived processes (:mod:`training.workers`)."""
+    """This machine: a pool of ``workers`` long-lived processes (:mod:`training.workers`); with
+    ``share_parent`` this process is one of them (it trains jobs beside ``workers - 1`` worker processes)."""
 
     remote = False
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, share_parent: bool = False) -> None:
         self.workers = max(1, workers)
+        self.share_parent = share_parent
+        self.pool: WorkerPool | None = None
+
+    def start(self, jobs: int, stop: StopFlag, log_file: str | None = None, quiet: bool = False) -> None:
+        self.close()
+        self.pool = job_pool(self.workers, jobs, stop, log_file, quiet, self.share_parent)
 
     def run_jobs(self, specs: list[JobSpec], stop: StopFlag, log_file: str | None = None,
                  quiet: bool = False) -> list[JobResult]:
-        return run_jobs(specs, self.workers, stop, log_file, quiet)
+        pool, self.pool = self.pool, None
+        try:
+            return run_jobs(specs, self.workers, stop, log_file, quiet, pool=pool)
+        finally:
+            if pool is not None:
+                pool.close()
 
     def run_calls(self, calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]], stop: StopFlag,
                   log_file: str | None = None, quiet: bool = False,
@@ -107,15 +124,18 @@ class LocalRunner:
         return run_in_workers(calls, self.workers, stop, log_file, quiet)
 
     def close(self) -> None:
-        return None
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
 
-def make_runner(cfg: dict[str, Any], workers: int, address: str | None = None) -> JobRunner:
+def make_runner(cfg: dict[str, Any], workers: int, address: str | None = None,
+                share_parent: bool = False) -> JobRunner:
     """The runner for this command: Ray when a cluster address is given (``address``, else ``cluster.address``
-    of ``cfg``), else this machine's pool of ``workers`` processes."""
+    of ``cfg``), else this machine's pool of ``workers`` processes (``share_parent``: this one among them)."""
     address = address or cluster_address(cfg)
     if not address:
-        return LocalRunner(workers)
+        return LocalRunner(workers, share_parent)
     return RayRunner(address)
 
 
@@ -434,6 +454,9 @@ class RayRunner:
             self.ray.shutdown()
 
     # --- training jobs ---
+
+    def start(self, jobs: int, stop: StopFlag, log_file: str | None = None, quiet: bool = False) -> None:
+        return None  # connected already; Ray starts its workers per task
 
     def _gpus(self, spec: JobSpec) -> int:
         """1 when the job trains on cuda (``--device cuda``, or ``auto`` on a cluster with a GPU), else 0."""

@@ -56,7 +56,7 @@ from evaluation.promotion import PromotionRule, decide_promotion
 from evaluation.significance import probability_of_backtest_overfitting, sharpe_difference_test
 from rl_env.config import EnvConfig
 from rl_env.data import MarketData
-from training.cluster import make_runner
+from training.cluster import JobRunner, make_runner
 from training.job import JobInputs, JobResult, JobSpec
 
 logger = logging.getLogger(__name__)
@@ -167,13 +167,18 @@ def run_walkforward(symbol: str, cfg: dict[str, Any], settings: WalkForwardSetti
     logger.info("%s %s walk-forward: %d fold(s) of %d train (%d validation, embargo %d) and %d test bars; "
                 "%d bars of history", symbol, interval, len(folds), train_bars, val_bars, embargo, test_bars,
                 len(history))
+    # the workers start now: their imports overlap the preparation of the folds' data (this process trains
+    # folds too, beside workers - 1 worker processes)
+    runner = make_runner(cfg, settings.workers, share_parent=True)
     work = Path(tempfile.mkdtemp(prefix="walkforward_", dir=_scratch_dir()))
     try:
-        models = _train_folds(symbol, cfg, settings, dataset, history, folds, ppy, work, stop, log_file)
+        runner.start(len(folds) * len(settings.model_types) * settings.seeds, stop, log_file, settings.quiet)
+        models = _train_folds(symbol, cfg, settings, dataset, history, folds, ppy, work, stop, log_file, runner)
         if stop.requested:
             raise KeyboardInterrupt
         report = _replay(symbol, cfg, settings, history, folds, models, ppy, window)
     finally:
+        runner.close()
         shutil.rmtree(work, ignore_errors=True)
     report.update(symbol=symbol, interval=interval, market=dataset.market, periods_per_year=ppy,
                   manifest_hash=dataset.hash, created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -213,9 +218,9 @@ def _slice(history: History, start: int, stop: int, lead: int, params: dict[str,
 
 def _train_folds(symbol: str, cfg: dict[str, Any], settings: WalkForwardSettings, dataset: Dataset,
                  history: History, folds: Sequence[Fold], ppy: float, work: Path, stop: StopFlag,
-                 log_file: str | None) -> dict[tuple[int, str, int], _Model]:
-    """Train every (fold, model type, seed) job, in ``settings.workers`` processes; the data of a fold is
-    prepared once and shared by its jobs."""
+                 log_file: str | None, runner: JobRunner) -> dict[tuple[int, str, int], _Model]:
+    """Train every (fold, model type, seed) job with ``runner`` (``settings.workers`` processes, this one
+    included, or a Ray cluster); the data of a fold is prepared once and shared by its jobs."""
     tp = cfg["training_params"]
     steps = int(settings.steps or tp["steps"])
     specs: list[JobSpec] = []
@@ -243,13 +248,9 @@ def _train_folds(symbol: str, cfg: dict[str, Any], settings: WalkForwardSettings
                                      checkpoints=False, quiet=settings.quiet, inputs=inputs,
                                      save_model_to=str(path)))
                 meta.append((fold.number, model_type, s, params, eval_config))
-    runner = make_runner(cfg, settings.workers)
     logger.info("training %d fold model(s) of %d steps %s", len(specs), steps,
                 "on the Ray cluster" if runner.remote else f"in {settings.workers} worker(s)")
-    try:
-        results: list[JobResult] = runner.run_jobs(specs, stop, log_file, settings.quiet)
-    finally:
-        runner.close()
+    results: list[JobResult] = runner.run_jobs(specs, stop, log_file, settings.quiet)
     models = {}
     for spec, result, (number, model_type, s, params, eval_config) in zip(specs, results, meta):
         if result.status != "finished":
