@@ -18,22 +18,19 @@ run in turn within each repeat and each one's fastest run counts, as the machine
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-RAY = Path(sys.executable).with_name("ray")
+
+from tests.ray_local import local_ray_cluster  # noqa: E402
+
 TINY_STEPS = 128  # one rollout: the jobs of the overhead measurement do almost nothing but start and report
 CONFIG = {  # model_types: both, without --model-type both (which would train side by side with one worker)
     "model_types": ["deepscalper", "backtrader"],
@@ -44,65 +41,6 @@ CONFIG = {  # model_types: both, without --model-type both (which would train si
     "training_params": {"checkpoint_every": 500, "eval_every": 500, "engine": "fast", "algo": "ppo"},
     "evaluation": {"bootstrap_samples": 100},
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _ray_start(args: list[str], log: Path) -> subprocess.Popen:
-    with open(log, "ab") as out:
-        return subprocess.Popen([str(RAY), "start", "--block", "--num-cpus=1", "--node-ip-address=127.0.0.1",
-                                 "--disable-usage-stats", *args], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-def _end_group(proc: subprocess.Popen) -> None:
-    for signum, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, signum)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                proc.wait(5)
-                return
-            time.sleep(0.2)
-
-
-def _wait_nodes(address: str, want: int) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        out = subprocess.run([str(RAY), "status", f"--address={address}"], capture_output=True, text=True).stdout
-        if out.count("node_") >= want:
-            return
-        time.sleep(1)
-    raise RuntimeError(f"the Ray cluster at {address} did not come up with {want} node(s)")
-
-
-@contextlib.contextmanager
-def ray_cluster(nodes: int) -> Iterator[str]:
-    """``nodes`` one-CPU Ray nodes on this machine; yields the head's address."""
-    temp = Path(tempfile.mkdtemp(prefix="rayb_"))
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    procs = [_ray_start(["--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false",
-                         f"--ray-client-server-port={_free_port()}"], temp / "head.log")]
-    try:
-        _wait_nodes(address, 1)
-        for i in range(nodes - 1):
-            procs.append(_ray_start([f"--address={address}"], temp / f"node{i}.log"))
-        _wait_nodes(address, nodes)
-        yield address
-    finally:
-        for proc in reversed(procs):
-            _end_group(proc)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _session(root: Path, argv: list[str]) -> tuple[float, list[tuple]]:
@@ -145,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = 0
         # both clusters stay up, and every repeat runs all configurations one after the other (the order turning
         # each repeat), so that a shared machine's drifting load falls on every configuration alike
-        with ray_cluster(1) as one, ray_cluster(2) as two:
+        with local_ray_cluster(1) as one, local_ray_cluster(2) as two:
             configs = [(backend, workers, steps) for steps in (TINY_STEPS, args.steps)
                        for backend in ("local", "ray") for workers in (1, 2)
                        if steps == args.steps or workers == 1]

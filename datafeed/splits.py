@@ -106,14 +106,14 @@ def in_order(tasks: Iterable[Callable[[], Any]], threads: int, ahead: int | None
         for task in tasks:
             yield task()
         return
-    todo = iter(tasks)
+    remaining = iter(tasks)
     pool = ThreadPoolExecutor(threads, thread_name_prefix="datafeed")
     try:
-        first = itertools.islice(todo, 1 + (threads - 1 if ahead is None else max(0, ahead)))
+        first = itertools.islice(remaining, 1 + (threads - 1 if ahead is None else max(0, ahead)))
         pending: collections.deque[Future[Any]] = collections.deque(pool.submit(task) for task in first)
         while pending:
             result = pending.popleft().result()
-            following = next(todo, None)
+            following = next(remaining, None)
             if following is not None:
                 pending.append(pool.submit(following))
             yield result

@@ -12,15 +12,13 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from ray_local import local_ray_cluster
 
 import data_pipeline
 import evaluate_bot
@@ -31,7 +29,6 @@ from botcore.errors import UserError
 from botcore.signals import StopFlag
 from training.job import JobSpec
 
-RAY = Path(sys.executable).with_name("ray")
 TINY = {
     "symbols": ["AAA"],
     "data": {"source": "synthetic"},
@@ -94,63 +91,11 @@ def test_shipped_files_cannot_leave_the_workspace(tmp_path):
     assert not (tmp_path / "escape.txt").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start(args: list[str], log: Path) -> subprocess.Popen:
-    with open(log, "ab") as out:
-        return subprocess.Popen([str(RAY), "start", "--block", "--num-cpus=1", "--node-ip-address=127.0.0.1",
-                                 "--disable-usage-stats", *args], stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-def _end(proc: subprocess.Popen) -> None:
-    """End one `ray start --block` and every process of its group (its raylet, workers, store)."""
-    for signum, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, signum)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                proc.wait(5)
-                return
-            time.sleep(0.2)
-
-
-def _nodes_up(address: str, want: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        out = subprocess.run([str(RAY), "status", f"--address={address}"], capture_output=True, text=True).stdout
-        if out.count("node_") >= want:
-            return
-        time.sleep(1)
-    raise RuntimeError(f"the Ray cluster at {address} did not come up with {want} nodes:\n{out}")
-
-
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A head (one CPU) and a second node (one CPU) on this machine; yields the head's address."""
-    temp = Path(tempfile.mkdtemp(prefix="rayt_"))  # short: Ray's socket paths must stay under 108 characters
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    procs = [_start(["--head", f"--port={port}", f"--temp-dir={temp}", "--include-dashboard=false",
-                     f"--ray-client-server-port={_free_port()}"], temp / "head.log")]
-    try:
-        _nodes_up(address, 1)
-        procs.append(_start([f"--address={address}"], temp / "node.log"))
-        _nodes_up(address, 2)
+    with local_ray_cluster(2, timeout=120) as address:
         yield address
-    finally:
-        for proc in reversed(procs):
-            _end(proc)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _prepared(root: Path, symbols: list[str]) -> Path:

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yfinance
+from tiny import dataset_state
 
 import data_pipeline
 import datafeed
@@ -483,18 +484,6 @@ def test_fast_and_careful_readings_give_the_same_frame(tmp_path, monkeypatch):
 
 # --- several symbols side by side (--workers) ---------------------------------------------------------------
 
-def _data_state(workspace: Path) -> dict[str, object]:
-    """Every file of data/, manifests without their creation time (for comparing two runs)."""
-    state: dict[str, object] = {}
-    for path in sorted((workspace / "data").glob("*")):
-        if path.name.endswith("_manifest.json"):
-            manifest = json.loads(path.read_text())
-            state[path.name] = {k: v for k, v in manifest.items() if k not in ("created", "manifest_hash")}
-        elif path.is_file() and not path.name.startswith("."):
-            state[path.name] = path.read_bytes()
-    return state
-
-
 def test_workers_give_exactly_the_serial_result(workspace, capsys):
     files = [_write_csv(workspace / f"s{i}.csv", datafeed.generate_synthetic(500, seed=i)) for i in range(3)]
     bad = workspace / "bad.csv"
@@ -506,7 +495,7 @@ def test_workers_give_exactly_the_serial_result(workspace, capsys):
         capsys.readouterr()
         rc = data_pipeline.main([*argv, "--workers", workers])
         out, err = capsys.readouterr()
-        outcomes[workers] = (rc, out, err, _data_state(workspace))
+        outcomes[workers] = (rc, out, err, dataset_state(workspace))
         shutil.rmtree(workspace / "data")
     assert outcomes["1"][0] == 1 and "BAD" in outcomes["1"][2] and "3 of 4 symbol(s) prepared" in outcomes["1"][1]
     assert outcomes["3"] == outcomes["1"]

@@ -2,7 +2,6 @@
 dates, pandas' multi-threaded CSV reader, and a symbol's feature groups and split files computed in threads."""
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from pandas.io.parsers import readers
+from tiny import dataset_state
 
 import data_pipeline
 import datafeed
@@ -174,17 +174,6 @@ def test_feature_columns_stored_and_read_by_threads_at_once(tmp_path):
         assert spill is None or not spill.exists()
 
 
-def _dataset(workspace: Path) -> dict[str, object]:
-    state: dict[str, object] = {}
-    for path in sorted((workspace / "data").glob("*")):
-        if path.name.endswith("_manifest.json"):
-            manifest = json.loads(path.read_text())
-            state[path.name] = {k: v for k, v in manifest.items() if k not in ("created", "manifest_hash")}
-        elif path.is_file() and not path.name.startswith("."):
-            state[path.name] = path.read_bytes()
-    return state
-
-
 @pytest.mark.parametrize("spill", [False, True])
 def test_threads_give_byte_for_byte_the_dataset_of_one_thread(workspace, monkeypatch, spill):
     """Feature groups and split files computed by 1, 2 or 3 threads: the same files, byte for byte (the
@@ -206,7 +195,7 @@ def test_threads_give_byte_for_byte_the_dataset_of_one_thread(workspace, monkeyp
         used.clear()
         assert data_pipeline.main(argv) == 0
         assert used == [threads] * 3  # the features, their normalisation and the split files
-        states[threads] = _dataset(workspace)
+        states[threads] = dataset_state(workspace)
         for path in (workspace / "data").glob("THR_*"):
             path.unlink()
     assert len(states[1]) == 3 * 2 + 2

@@ -50,3 +50,16 @@ def copy_prepared(prepared: Path, workspace: Path) -> Path:
     shutil.copytree(prepared / "data", workspace / "data")
     shutil.copy(prepared / "training_config.json", workspace / "training_config.json")
     return workspace
+
+
+def dataset_state(workspace: Path) -> dict[str, object]:
+    """Every file of ``workspace``'s data/ (bytes), manifests without their creation time and hash, for comparing
+    the datasets two runs wrote."""
+    state: dict[str, object] = {}
+    for path in sorted((workspace / "data").glob("*")):
+        if path.name.endswith("_manifest.json"):
+            manifest = json.loads(path.read_text())
+            state[path.name] = {k: v for k, v in manifest.items() if k not in ("created", "manifest_hash")}
+        elif path.is_file() and not path.name.startswith("."):
+            state[path.name] = path.read_bytes()
+    return state
