@@ -4,7 +4,9 @@ A prepared dataset is what ``data_pipeline.py`` writes for one symbol and interv
 three Parquet split files and, written last, a manifest holding their sha256 hashes and its own
 ``manifest_hash``. A dataset prepared before the splits were Parquet (CSV split files, a manifest without
 ``format``) is still read, the same way it always was, with the same hash checks; the next
-``data_pipeline.py`` run for it writes Parquet and removes the CSV files.
+``data_pipeline.py`` run for it writes Parquet and removes the CSV files. The ``f_*`` features come back as
+:data:`~datafeed.splits.FEATURE_DTYPE` whatever the file holds (a dataset written before they were stored so
+holds float64): the values every environment reads.
 Every read checks the manifest's hash and the split file's hash against it, so a split that was edited,
 truncated or left over from another run is refused with a :class:`~botcore.errors.DataError` that names the
 command to recreate it.
@@ -32,7 +34,15 @@ import pyarrow as pa
 from botcore import paths
 from botcore.errors import DataError, UserError
 from botcore.markets import infer_market
-from datafeed.splits import SPLITS, complete_switch, dataset_lock, manifest_hash, read_parquet, switch_pending
+from datafeed.splits import (
+    FEATURE_DTYPE,
+    SPLITS,
+    complete_switch,
+    dataset_lock,
+    manifest_hash,
+    read_parquet,
+    switch_pending,
+)
 
 
 def data_command(symbol: str, interval: str) -> str:
@@ -111,12 +121,18 @@ def load_split(symbol: str, interval: str, split: str, manifest: dict[str, Any] 
             stamps = pd.DatetimeIndex(frame.index)
             frame.index = (stamps.tz_convert("UTC").tz_localize(None) if stamps.tz is not None else stamps).rename(
                 "timestamp")
-            return frame
+            return _features_as_stored(frame)
         frame = pd.read_csv(io.BytesIO(content), index_col="timestamp", parse_dates=["timestamp"])
     except (ValueError, TypeError, OSError, pa.ArrowException, pd.errors.ParserError) as exc:
         raise DataError(f"{path}: unreadable ({exc}); recreate it with: {data_command(symbol, interval)}") from exc
     frame.index = pd.DatetimeIndex(frame.index, name="timestamp").as_unit("us")
-    return frame
+    return _features_as_stored(frame)
+
+
+def _features_as_stored(frame: pd.DataFrame) -> pd.DataFrame:
+    """The ``f_*`` columns as :data:`~datafeed.splits.FEATURE_DTYPE` (a no-op for a split written so)."""
+    cast = {c: FEATURE_DTYPE for c in frame.columns if str(c).startswith("f_") and frame[c].dtype != FEATURE_DTYPE}
+    return frame.astype(cast) if cast else frame
 
 
 def _format(manifest: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from botcore.errors import DataError
 from datafeed.dataset import Dataset
 from datafeed.features import compute_features, fill_interior_gaps
 from datafeed.sources import OHLCV
-from datafeed.splits import CLIP, DECIMALS, SPLITS, zscore_in_place
+from datafeed.splits import CLIP, DECIMALS, FEATURE_DTYPE, SPLITS, normalised
 
 
 @dataclass
@@ -72,7 +72,7 @@ def fit_zscore(features: pd.DataFrame) -> dict[str, Any]:
     mean = features.mean()
     std = features.std(ddof=0)
     std = std.where(std > 1e-12, 1.0)
-    return {"method": "zscore", "ddof": 0, "clip": CLIP, "decimals": DECIMALS,
+    return {"method": "zscore", "ddof": 0, "clip": CLIP, "decimals": DECIMALS, "dtype": FEATURE_DTYPE.name,
             "mean": {c: float(mean[c]) for c in features.columns}, "std": {c: float(std[c]) for c in features.columns}}
 
 
@@ -81,8 +81,6 @@ def apply_zscore(features: pd.DataFrame, params: Mapping[str, Any]) -> pd.DataFr
     :func:`fit_zscore` (fitted on another, earlier window)."""
     out = {}
     for name in features.columns:
-        values = features[name].to_numpy(dtype="float64", copy=True)
-        zscore_in_place(values, float(params["mean"][name]), float(params["std"][name]), float(params["clip"]),
-                        int(params["decimals"]))
-        out[name] = values
+        out[name] = normalised(features[name].to_numpy(dtype="float64", copy=True), float(params["mean"][name]),
+                               float(params["std"][name]), float(params["clip"]), int(params["decimals"]))
     return pd.DataFrame(out, index=features.index, columns=features.columns, copy=False)

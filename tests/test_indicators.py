@@ -1,4 +1,5 @@
-"""The vectorised ATR, ADX and CCI (datafeed.indicators) against ``ta``, the reference, to 1e-9.
+"""The vectorised ATR, ADX, CCI and stochastic oscillator (datafeed.indicators) against ``ta``, the reference,
+to 1e-9 (the stochastic oscillator: bit for bit).
 
 On the bundled real bars (GOOGL daily, EURUSD hourly), on every synthetic generator at daily and minute
 spacing, and on the edge cases of ta's loops: flat stretches (zero ranges: the 0/0 branches), a history just
@@ -9,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from ta.momentum import StochasticOscillator
 from ta.trend import ADXIndicator, CCIIndicator
 from ta.volatility import AverageTrueRange
 
@@ -40,6 +42,11 @@ def _check_all(bars: pd.DataFrame, window_atr: int = 14, window_adx: int = 14, w
     _same(ours.adx_neg(), ref.adx_neg())
     _same(indicators.commodity_channel_index(high, low, close, window_cci),
           CCIIndicator(high, low, close, window=window_cci).cci())
+    reference = StochasticOscillator(high, low, close, window=window_adx, smooth_window=3)
+    for ours, theirs in zip(indicators.stochastic(high, low, close, window_adx, 3),
+                            (reference.stoch(), reference.stoch_signal())):
+        _same(ours, theirs)
+        assert np.array_equal(ours.to_numpy(), theirs.to_numpy(), equal_nan=True)  # exact: min and max are
 
 
 @pytest.mark.parametrize("symbol", ["GOOGL", "EURUSD"])
@@ -69,6 +76,8 @@ def test_equal_to_ta_through_flat_stretches():
     _check_all(bars)
     cci = indicators.commodity_channel_index(bars["high"], bars["low"], bars["close"])
     assert cci.loc[flat[30:]].isna().all()  # 0/0 where the whole window is flat, as ta gives
+    stoch_k, stoch_d = indicators.stochastic(bars["high"], bars["low"], bars["close"])
+    assert stoch_k.loc[flat[20:]].isna().all() and stoch_d.loc[flat[20:]].isna().all()  # 0/0 again
 
 
 @pytest.mark.parametrize("n", [indicators.MIN_ROWS - 1, indicators.MIN_ROWS, indicators.MIN_ROWS + 1, 57, 30])
@@ -90,10 +99,10 @@ def test_the_fast_path_is_really_taken(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("ta was called on input the fast path should take")
 
-    for name in ("AverageTrueRange", "ADXIndicator", "CCIIndicator"):
+    for name in ("AverageTrueRange", "ADXIndicator", "CCIIndicator", "StochasticOscillator"):
         monkeypatch.setattr(indicators, name, forbidden)
     high, low, close = bars["high"], bars["low"], bars["close"]
     adx = indicators.ADX(high, low, close)
     for series in (indicators.average_true_range(high, low, close), adx.adx(), adx.adx_pos(), adx.adx_neg(),
-                   indicators.commodity_channel_index(high, low, close)):
+                   indicators.commodity_channel_index(high, low, close), *indicators.stochastic(high, low, close)):
         assert series.iloc[100:].notna().all() and series.iloc[100:].abs().gt(0).any()

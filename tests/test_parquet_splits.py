@@ -15,6 +15,7 @@ from agents.config import load_config
 from botcore import paths
 from botcore.atomic import sha256_file
 from botcore.errors import DataError
+from datafeed.sources import OHLCV
 from datafeed.splits import SPLITS, prepare, read_parquet, write_parquet
 
 
@@ -26,7 +27,8 @@ def _assert_bitwise_equal(written: pd.DataFrame, read: pd.DataFrame) -> None:
     assert read.index.dtype == written.index.dtype and read.index.name == written.index.name
     assert np.array_equal(read.index.asi8, written.index.asi8)
     for column in written.columns:
-        assert np.array_equal(read[column].to_numpy().view(np.int64), written[column].to_numpy().view(np.int64)), column
+        bits = {4: np.int32, 8: np.int64}[written[column].dtype.itemsize]
+        assert np.array_equal(read[column].to_numpy().view(bits), written[column].to_numpy().view(bits)), column
 
 
 def test_prepared_splits_round_trip_bit_for_bit(workspace):
@@ -43,7 +45,8 @@ def test_prepared_splits_round_trip_bit_for_bit(workspace):
         _assert_bitwise_equal(written, datafeed.load_split("RT", "5m", name))
         schema = pq.read_schema(paths.split_path("RT", "5m", name))
         assert schema.field("timestamp").type == pa.timestamp("us", tz="UTC")
-        assert all(schema.field(c).type == pa.float64() for c in written.columns)
+        assert all(schema.field(c).type == pa.float64() for c in OHLCV)  # prices as read, features as used:
+        assert all(schema.field(c).type == pa.float32() for c in written.columns if c.startswith("f_"))
         assert manifest["files"][name]["sha256"] == sha256_file(paths.split_path("RT", "5m", name))
 
 
@@ -68,6 +71,7 @@ def test_export_csv_holds_the_same_numbers_and_goes_when_not_asked_for(workspace
         csv = paths.split_path("EURUSD", "1h", name, "csv")
         assert manifest["exports"][name] == {"file": csv.name, "format": "csv", "sha256": sha256_file(csv)}
         exported = pd.read_csv(csv, index_col="timestamp", parse_dates=["timestamp"])
+        exported = exported.astype({c: np.float32 for c in exported.columns if c.startswith("f_")})
         assert csv.read_text().splitlines()[1].startswith("20") and " " in csv.read_text().splitlines()[1][:20]
         pd.testing.assert_frame_equal(exported, datafeed.load_split("EURUSD", "1h", name), check_exact=True)
     # The next run without --export-csv removes the exports (they would hold the old numbers).
@@ -136,3 +140,25 @@ def test_features_spilled_to_disk_give_the_same_files(workspace, monkeypatch):
         else:
             _assert_bitwise_equal(read_parquet(in_memory[name]), read_parquet(written[name]))
     assert not list((workspace / "data").glob(".*features*"))
+
+
+def test_features_stored_as_float64_by_an_older_run_read_as_float32(workspace):
+    """A dataset written before the features were stored as float32 reads as the environments always read
+    it: the features as float32 (what casting its float64 values gives), the prices as float64."""
+    assert data_pipeline.main(["--symbols", "GOOGL", "--source", "sample", "--quiet"]) == 0
+    manifest = datafeed.load_manifest("GOOGL", "1d")
+    older = {}
+    for name in SPLITS:
+        path = paths.split_path("GOOGL", "1d", name)
+        frame = read_parquet(path.read_bytes())
+        older[name] = frame.astype({c: np.float64 for c in frame.columns if c.startswith("f_")})
+        older[name] = older[name] + 1e-9 * (older[name].columns.str.startswith("f_"))  # not float32 values
+        manifest["files"][name]["sha256"] = manifest["hashes"][name] = write_parquet(older[name], path)
+    manifest["manifest_hash"] = datafeed.manifest_hash(manifest)
+    paths.manifest_path("GOOGL", "1d").write_text(json.dumps(manifest, indent=2))
+    for name in SPLITS:
+        split = datafeed.load_split("GOOGL", "1d", name)
+        features = [c for c in split.columns if c.startswith("f_")]
+        assert all(split[c].dtype == np.float32 for c in features) and all(split[c].dtype == np.float64 for c in OHLCV)
+        assert np.array_equal(split[features].to_numpy(), older[name][features].to_numpy(dtype=np.float32))
+        assert np.array_equal(split[OHLCV].to_numpy(), older[name][OHLCV].to_numpy())

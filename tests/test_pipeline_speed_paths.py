@@ -14,9 +14,10 @@ from tiny import dataset_state
 
 import data_pipeline
 import datafeed
+from agents.config import load_config
 from botcore.errors import DataError
 from datafeed import sources, splits
-from datafeed.splits import FeatureColumns, in_order
+from datafeed.splits import FeatureColumns, in_order, prepare
 
 # --- dates --------------------------------------------------------------------------------------------------
 
@@ -215,6 +216,106 @@ def test_a_failing_feature_group_in_a_thread_fails_the_symbol_and_writes_nothing
                              "--quiet"])
     assert rc == 1 and "MemoryError: no room for CCI" in capsys.readouterr().err
     assert not [p for p in (workspace / "data").glob("*") if not p.name.endswith(".lock")]
+
+
+# --- features in their final form as they are computed -----------------------------------------------------
+
+def _market(case: str) -> pd.DataFrame:
+    """Minute bars with the holes real data gives features: flat stretches (0/0 in the stochastic oscillator,
+    CCI, %b), bars without volume (the volume z-score), a late start of the volume (a warm-up the data sets)."""
+    bars = datafeed.generate_synthetic(12_000, seed=17, kind="regime", interval="1m")
+    if case in ("flat", "late_volume"):
+        bars.iloc[3000:3090, :4] = 101.25
+        bars.iloc[7000:7040, :4] = bars.iloc[7000, 3]
+        bars.iloc[5000:5030, bars.columns.get_loc("volume")] = 0.0
+    if case == "late_volume":
+        bars.iloc[:300, bars.columns.get_loc("volume")] = 0.0
+    return bars
+
+
+def _same_prepared(a: splits.Prepared, b: splits.Prepared) -> None:
+    assert (a.warmup_bars_dropped, a.bounds, a.interior_cells_filled) == (b.warmup_bars_dropped, b.bounds,
+                                                                         b.interior_cells_filled)
+    assert a.normalisation == b.normalisation and a.quality == b.quality
+    for name in splits.SPLITS:
+        x, y = a.splits[name], b.splits[name]
+        assert list(x.columns) == list(y.columns) and list(x.dtypes) == list(y.dtypes)
+        assert np.array_equal(x.index.asi8, y.index.asi8)
+        for column in x.columns:
+            bits = {4: np.int32, 8: np.int64}[x[column].dtype.itemsize]
+            assert np.array_equal(x[column].to_numpy().view(bits), y[column].to_numpy().view(bits)), column
+
+
+@pytest.mark.parametrize("case", ["clean", "flat", "late_volume"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_features_final_as_computed_equal_features_then_final(tmp_path, monkeypatch, case, threads):
+    """The warm-up read off the first bars lets each column be filled, fitted and normalised as it is
+    computed: the same dataset, bit for bit, as computing every column first (with and without the file)."""
+    cfg = load_config()
+    bars = _market(case)
+    taken = []
+    original = splits._features_final
+    monkeypatch.setattr(splits, "_features_final", lambda *a: taken.append(original(*a)) or taken[-1])
+    monkeypatch.setattr(splits, "PROBE_ROWS", 2000)
+    monkeypatch.setattr(splits, "SPILL_BYTES", 0 if threads == 2 else splits.SPILL_BYTES)
+    ahead = prepare(bars, cfg, "FIN", "1m", spill_to=tmp_path / "a.tmp", threads=threads)
+    assert len(taken) == 1 and taken[0] is not None  # it was the path taken
+    monkeypatch.setattr(splits, "PROBE_ROWS", 10**9)
+    plain = prepare(bars, cfg, "FIN", "1m", spill_to=tmp_path / "b.tmp", threads=threads)
+    assert len(taken) == 1
+    if case == "late_volume":
+        assert ahead.warmup_bars_dropped >= 300  # (the default warm-up is 50 bars)
+    if case != "clean":
+        assert ahead.interior_cells_filled > 0
+    _same_prepared(ahead, plain)
+    ahead.close()
+    plain.close()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("shift", [-1, 1])
+def test_a_wrong_warm_up_from_the_first_bars_is_caught_and_computed_again(monkeypatch, shift):
+    """Were the first bars ever to disagree with the whole history (a feature that is not causal), the check
+    catches it and the columns are computed again the plain way: still the same dataset."""
+    cfg = load_config()
+    bars = _market("flat")
+    monkeypatch.setattr(splits, "PROBE_ROWS", 2000)
+    original = splits._plan_ahead
+
+    def off_by_one(*args):
+        warmup, _ = original(*args)
+        clean, data, embargo, symbol = args[0], args[4], args[5], args[6]
+        return warmup + shift, splits._split_bounds(clean.index[warmup + shift:], data, embargo, symbol)
+
+    monkeypatch.setattr(splits, "_plan_ahead", off_by_one)
+    taken = []
+    final, then = splits._features_final, splits._features_then_final
+    monkeypatch.setattr(splits, "_features_final", lambda *a: taken.append("final") or final(*a))
+    monkeypatch.setattr(splits, "_features_then_final", lambda *a: taken.append("then") or then(*a))
+    wrong = prepare(bars, cfg, "FIN", "1m")
+    assert taken == ["final", "then"]
+    monkeypatch.setattr(splits, "_plan_ahead", lambda *a: None)
+    _same_prepared(wrong, prepare(bars, cfg, "FIN", "1m"))
+
+
+def test_the_time_of_day_from_the_stamps_is_what_pandas_fields_give():
+    """Minutes of the day from the integer stamps (UTC, any unit, before 1970 too) or from pandas' fields (other
+    zones), and sin/cos looked up per minute: the bits of the whole-column arithmetic."""
+    for tz in (None, "UTC", "America/New_York", "Asia/Kolkata"):
+        for unit in ("s", "ms", "us", "ns"):
+            index = pd.date_range("1969-12-30 21:17", periods=4000, freq="7min", tz=tz).as_unit(unit)
+            minutes = (index.hour * 60 + index.minute).to_numpy()
+            assert np.array_equal(datafeed.features._minute_of_day(index), minutes)
+            bars = pd.DataFrame(1.0, index=index, columns=["open", "high", "low", "close", "volume"])
+            got = dict(datafeed.features._time_of_day(bars))
+            want = {"f_tod_sin": np.sin(2 * np.pi * minutes / 1440.0),
+                    "f_tod_cos": np.cos(2 * np.pi * minutes / 1440.0)}
+            for k in datafeed.features.TOD_HARMONICS:
+                want[f"f_tod_sin_{k}"] = np.sin(2 * np.pi * k * minutes / 1440.0)
+                want[f"f_tod_cos_{k}"] = np.cos(2 * np.pi * k * minutes / 1440.0)
+            assert list(got) == list(want)
+            for name, values in want.items():
+                assert np.array_equal(got[name].view(np.int64), values.view(np.int64)), (tz, unit, name)
 
 
 # --- cleaning without copies -------------------------------------------------------------------------------
