@@ -43,8 +43,10 @@ def clean_ohlcv(frame: pd.DataFrame, symbol: str = "",
     df = df.sort_index(kind="stable")
     dup = _duplicated_keep_last(df.index)
     report["duplicates_dropped"] = int(dup.sum())
-    # (Each step below changes or drops rows only where its mask has some: a clean file costs no copies.)
-    df = df[~dup].copy() if report["duplicates_dropped"] else df.copy()
+    # (Each step below changes or drops rows only where its mask has some: a clean file costs no copies. pandas'
+    # copy-on-write keeps every change below out of the caller's frame.)
+    if report["duplicates_dropped"]:
+        df = df[~dup]
 
     bad_close = ~(df["close"] > 0)  # NaN or <= 0
     report["missing_or_non_positive_close_dropped"] = int(bad_close.sum())
@@ -62,7 +64,8 @@ def clean_ohlcv(frame: pd.DataFrame, symbol: str = "",
         df.loc[missing_low, "low"] = df.loc[missing_low, ["open", "close"]].min(axis=1)
     report["missing_open_high_low_filled"] = int((missing_open | missing_high | missing_low).sum())
 
-    non_positive = (df[["open", "high", "low"]] <= 0).any(axis=1)
+    with np.errstate(invalid="ignore"):  # (no NaN is left in open, high, low: filled above)
+        non_positive = np.logical_or.reduce([df[c].to_numpy() <= 0 for c in ("open", "high", "low")])
     report["non_positive_price_rows_dropped"] = int(non_positive.sum())
     if report["non_positive_price_rows_dropped"]:
         df = df[~non_positive]
@@ -154,12 +157,23 @@ def _first_cell(columns: dict[str, np.ndarray], test: Any) -> tuple[int, str] | 
 
 
 def _gaps(index: pd.DatetimeIndex) -> dict[str, Any]:
-    step_days = np.asarray((index[1:] - index[:-1]).total_seconds()) / 86_400.0
+    step_days = step_seconds(index) / 86_400.0
     where = np.flatnonzero(step_days > GAP_DAYS)
     largest = where[np.argsort(-step_days[where], kind="stable")][:5]
     return {"threshold_days": GAP_DAYS, "count": int(len(where)),
             "largest": [{"after": index[i], "before": index[i + 1], "days": round(float(step_days[i]), 2)}
                         for i in largest]}
+
+
+_PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+
+
+def step_seconds(index: pd.DatetimeIndex) -> np.ndarray:
+    """``(index[1:] - index[:-1]).total_seconds()`` as a float array (from the integer stamps: the same
+    numbers without the TimedeltaIndex)."""
+    if index.unit not in _PER_SECOND:
+        return np.asarray((index[1:] - index[:-1]).total_seconds())
+    return np.diff(index.asi8) / _PER_SECOND[index.unit]
 
 
 def _outliers(close: pd.Series, threshold: float) -> dict[str, Any]:

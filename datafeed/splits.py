@@ -64,7 +64,7 @@ from botcore.errors import DataError, UserError
 from botcore.lock import LockTimeout, locked_file
 from botcore.markets import INTERVAL_MINUTES, infer_market, is_intraday
 from botcore.symbols import safe_name
-from datafeed.clean import clean_ohlcv
+from datafeed.clean import clean_ohlcv, step_seconds
 from datafeed.features import feature_groups, feature_window, fill_forward
 from datafeed.sources import OHLCV
 
@@ -366,7 +366,7 @@ def prepare(raw: pd.DataFrame, cfg: dict[str, Any], symbol: str, interval: str,
     threads = default_threads(n) if threads is None else max(1, threads)
     if threads > 1 or big:
         release_freed_memory()  # what reading and cleaning freed: the feature stage holds the peak
-    plan = _plan_ahead(clean, interval, indicators, use_volume, data, embargo, symbol)
+    plan = _plan_ahead(clean, interval, indicators, use_volume, data, embargo, symbol, threads)
     done = None
     if plan is not None:
         done = _features_final(clean, interval, indicators, use_volume, plan, n, spill_to if big else None, threads)
@@ -391,7 +391,7 @@ _Plan = tuple[int, list[tuple[int, int]]]  # the warm-up and the splits' row ran
 
 
 def _plan_ahead(clean: pd.DataFrame, interval: str, indicators: list[str], use_volume: bool, data: dict[str, Any],
-                embargo: int, symbol: str) -> _Plan | None:
+                embargo: int, symbol: str, threads: int = 1) -> _Plan | None:
     """The warm-up (the first row where no feature is NaN) and the split bounds, from the features of the
     first :data:`PROBE_ROWS` bars alone: every feature at a bar uses that bar and earlier ones only, so the
     whole history's features are NaN in the same places there. Then each column can be filled, fitted and
@@ -401,9 +401,11 @@ def _plan_ahead(clean: pd.DataFrame, interval: str, indicators: list[str], use_v
     if len(clean) <= 2 * PROBE_ROWS:
         return None
     complete = np.ones(PROBE_ROWS, dtype=bool)
-    for group in feature_groups(clean.iloc[:PROBE_ROWS], interval, indicators, use_volume=use_volume):
-        for _, values in group():
-            complete &= ~np.isnan(values)
+    groups = feature_groups(clean.iloc[:PROBE_ROWS], interval, indicators, use_volume=use_volume)
+    with contextlib.closing(in_order([functools.partial(_incomplete_rows, g) for g in groups], threads)) as masks:
+        for incomplete in masks:
+            if incomplete is not None:
+                complete &= ~incomplete
     if not complete.any():
         return None
     warmup = int(np.argmax(complete))
@@ -411,6 +413,29 @@ def _plan_ahead(clean: pd.DataFrame, interval: str, indicators: list[str], use_v
         return warmup, _split_bounds(clean.index[warmup:], data, embargo, symbol)
     except DataError:
         return None
+
+
+def _incomplete_rows(group: Callable[[], Iterator[tuple[str, np.ndarray]]]) -> np.ndarray | None:
+    """The rows where any column of ``group`` is NaN (None: the group has no column)."""
+    incomplete = None
+    for _, values in group():
+        incomplete = np.isnan(values) if incomplete is None else incomplete | np.isnan(values)
+    return incomplete
+
+
+def _heaviest_first(tasks: list[Callable[[], Any]], groups: list[Any], threads: int, release: bool) -> list[Any]:
+    """The results of ``tasks`` (one per feature group of ``groups``, in column order), computed by ``threads``
+    threads with the groups that take longest (their ``cost``, :func:`datafeed.features.feature_groups`)
+    started first, so the threads finish about together. ``release``: hand freed memory back after each."""
+    order = sorted(range(len(tasks)), key=lambda i: -getattr(groups[i], "cost", 1.0))
+    results: list[Any] = [None] * len(tasks)
+    with contextlib.closing(in_order([tasks[i] for i in order], threads, ahead=len(tasks))) as done:  # small
+        for i, result in zip(order, done):
+            results[i] = result
+            del result
+            if release:
+                release_freed_memory()
+    return results
 
 
 _Done = tuple[FeatureColumns, int, list[tuple[int, int]], dict[str, float], dict[str, float], int]
@@ -426,18 +451,15 @@ def _features_final(clean: pd.DataFrame, interval: str, indicators: list[str], u
     try:
         head_complete = np.ones(warmup + 1, dtype=bool)
         mean, std, filled = {}, {}, 0
-        groups = [functools.partial(_store_group_final, group, columns, warmup, bounds) for group in
-                  feature_groups(clean, interval, indicators, use_volume=use_volume)]
-        with contextlib.closing(in_order(groups, threads, ahead=len(groups))) as stored:  # small results
-            for names, head_incomplete, fits in stored:
-                columns.names.extend(names)
-                if head_incomplete is not None:
-                    head_complete &= ~head_incomplete
-                for name, (holes, column_mean, column_std) in zip(names, fits):
-                    mean[name], std[name] = column_mean, column_std
-                    filled += holes
-                if threads > 1 or spill is not None:
-                    release_freed_memory()
+        groups = feature_groups(clean, interval, indicators, use_volume=use_volume)
+        tasks = [functools.partial(_store_group_final, group, columns, warmup, bounds) for group in groups]
+        for names, head_incomplete, fits in _heaviest_first(tasks, groups, threads, threads > 1 or spill is not None):
+            columns.names.extend(names)
+            if head_incomplete is not None:
+                head_complete &= ~head_incomplete
+            for name, (holes, column_mean, column_std) in zip(names, fits):
+                mean[name], std[name] = column_mean, column_std
+                filled += holes
         if not head_complete[warmup] or head_complete[:warmup].any():
             columns.close()
             return None
@@ -479,16 +501,12 @@ def _features_then_final(clean: pd.DataFrame, interval: str, indicators: list[st
         complete = np.ones(n, dtype=bool)
         # Each group is computed and stored by one thread (several at a time when there are threads), column by
         # column as the serial generator would; its names are then placed in column order.
-        groups = [functools.partial(_store_group, group, columns) for group in
-                  feature_groups(clean, interval, indicators, use_volume=use_volume)]
-        with contextlib.closing(in_order(groups, threads, ahead=len(groups))) as stored:  # small results
-            for names, incomplete in stored:
-                columns.names.extend(names)
-                if incomplete is not None:
-                    complete &= ~incomplete
-                del incomplete
-                if threads > 1 or spill is not None:
-                    release_freed_memory()
+        groups = feature_groups(clean, interval, indicators, use_volume=use_volume)
+        tasks = [functools.partial(_store_group, group, columns) for group in groups]
+        for names, incomplete in _heaviest_first(tasks, groups, threads, threads > 1 or spill is not None):
+            columns.names.extend(names)
+            if incomplete is not None:
+                complete &= ~incomplete
         warmup = int(np.argmax(complete)) if complete.any() else n
         del complete
         bounds = _split_bounds(clean.index[warmup:], data, embargo, symbol)
@@ -513,10 +531,13 @@ def _finalise(values: np.ndarray, warmup: int, last: int,
     over."""
     body = values[warmup:warmup + last]
     holes = fill_forward(body)
-    fitted = body[train[0]:train[1]]  # no NaN (filled): numpy's mean and std are pandas'
-    mean, std = float(np.mean(fitted)), float(np.std(fitted))  # (ddof 0)
+    mean = float(np.mean(body[train[0]:train[1]]))  # no NaN (filled): numpy's mean and std are pandas'
+    centred = np.subtract(body, mean)  # the normalisation's first step, which np.std also takes:
+    fitted = centred[train[0]:train[1]]
+    std = float(np.sqrt(np.add.reduce(fitted * fitted) / len(fitted)))  # np.std(ddof=0)'s own steps, its bits
     std = std if std > 1e-12 else 1.0
-    return normalised(body, mean, std), holes, mean, std
+    _scale_in_place(centred, std)
+    return centred.astype(FEATURE_DTYPE), holes, mean, std
 
 
 def _fill_and_fit(columns: FeatureColumns, name: str, warmup: int, last: int,
@@ -555,9 +576,14 @@ def zscore_in_place(values: np.ndarray, mean: float, std: float, clip: float = C
     """``round(clip((x - mean) / std, -clip, clip), decimals)``, the normalisation of the split files (and of
     walk-forward folds, :func:`datafeed.history.apply_zscore`), written over ``values``."""
     np.subtract(values, mean, out=values)
-    np.divide(values, std, out=values)
-    np.clip(values, -clip, clip, out=values)
-    np.round(values, decimals, out=values)
+    _scale_in_place(values, std, clip, decimals)
+
+
+def _scale_in_place(centred: np.ndarray, std: float, clip: float = CLIP, decimals: int = DECIMALS) -> None:
+    """The steps of :func:`zscore_in_place` after the mean is taken off."""
+    np.divide(centred, std, out=centred)
+    np.clip(centred, -clip, clip, out=centred)
+    np.round(centred, decimals, out=centred)
 
 
 def normalised(values: np.ndarray, mean: float, std: float, clip: float = CLIP,
@@ -576,7 +602,7 @@ def _stamps(index: pd.DatetimeIndex, interval: str) -> pd.DatetimeIndex:
 
 def _check_spacing(index: pd.DatetimeIndex, interval: str, symbol: str) -> None:
     """Refuse bars whose typical spacing contradicts the interval (annualisation and features depend on it)."""
-    median_minutes = float(np.median(np.asarray((index[1:] - index[:-1]).total_seconds()))) / 60.0
+    median_minutes = float(np.median(step_seconds(index))) / 60.0
     expected = INTERVAL_MINUTES[interval]
     low, high = (0.9 * expected, 4.0 * expected) if interval == "1d" else (0.5 * expected, 2.0 * expected)
     if not low <= median_minutes <= high:
