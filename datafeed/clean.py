@@ -36,6 +36,13 @@ def clean_ohlcv(frame: pd.DataFrame, symbol: str = "",
 
     :return: the cleaned frame and the report (a JSON-ready dict).
     """
+    df, report = repair_ohlcv(frame, symbol)
+    return df, complete_report(report, df, mad_threshold)
+
+
+def repair_ohlcv(frame: pd.DataFrame, symbol: str = "") -> tuple[pd.DataFrame, dict[str, Any]]:
+    """:func:`clean_ohlcv` but for the report's gaps and return outliers, which :func:`complete_report` adds
+    (the data pipeline has them computed beside the split files, by a core that is free then)."""
     report: dict[str, Any] = {"symbol": symbol, "rows_in": int(len(frame))}
     df = frame[PRICES + ["volume"]].astype("float64")
     _refuse_impossible(df, symbol)
@@ -92,20 +99,23 @@ def clean_ohlcv(frame: pd.DataFrame, symbol: str = "",
     report["rows_out"] = int(len(df))
     report["first"], report["last"] = df.index[0], df.index[-1]
     report["volume_all_zero"] = bool((df["volume"] == 0).all())
-    report["gaps"] = _gaps(df.index)
-    report["outliers"] = _outliers(df["close"], mad_threshold)
-
     repaired = sum(report[k] for k in ("duplicates_dropped", "missing_or_non_positive_close_dropped",
                                        "missing_open_high_low_filled", "non_positive_price_rows_dropped",
                                        "missing_or_negative_volume_zeroed", "high_low_swapped",
                                        "range_widened_to_open_close"))
     if repaired:
         logger.warning("%s: cleaning changed %d row(s) (see the quality report)", symbol, repaired)
+    return df.rename_axis("timestamp"), report  # (a new index object: the caller's keeps its name)
+
+
+def complete_report(report: dict[str, Any], df: pd.DataFrame, mad_threshold: float = 8.0) -> dict[str, Any]:
+    """Add the gaps and the return outliers of the cleaned ``df`` to its ``report`` (from :func:`repair_ohlcv`)."""
+    report["gaps"] = _gaps(df.index)
+    report["outliers"] = _outliers(df["close"], mad_threshold)
     if report["outliers"]["count"]:
-        logger.info("%s: %d return outlier(s) beyond %.1f MADs flagged (kept)", symbol,
+        logger.info("%s: %d return outlier(s) beyond %.1f MADs flagged (kept)", report["symbol"],
                     report["outliers"]["count"], mad_threshold)
-    df.index.name = "timestamp"
-    return df, report
+    return report
 
 
 def _duplicated_keep_last(index: pd.Index) -> np.ndarray:

@@ -103,10 +103,11 @@ def _costed(cost: float, function: Callable[..., Iterator[tuple[str, np.ndarray]
 
 
 def _returns(df: pd.DataFrame) -> Iterator[tuple[str, np.ndarray]]:
-    f: dict[str, pd.Series] = {}
-    log_ret = np.log(df["close"]).diff()
-    for lag in range(RETURN_LAGS):
-        f[f"f_ret_{lag + 1}"] = log_ret.shift(lag)
+    log_ret = np.log(df["close"]).diff().to_numpy(dtype="float64")
+    f: dict[str, np.ndarray] = {}
+    for lag in range(RETURN_LAGS):  # log_ret.shift(lag), as arrays of its own
+        head = min(lag, len(log_ret))
+        f[f"f_ret_{lag + 1}"] = np.concatenate((np.full(head, np.nan), log_ret[:len(log_ret) - head]))
     yield from _hand_over(f, df)
 
 

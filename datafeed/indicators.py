@@ -10,7 +10,8 @@ reference:
 tests/test_indicators.py checks every output against ta to 1e-9 on the bundled real data and on synthetic data.
 
 Wilder's smoothing ``y[i] = y[i-1] * (n-1)/n + x[i] / n`` is pandas' ``ewm(alpha=1/n, adjust=False)`` started at
-the seed value; the rolling mean absolute deviation of CCI is computed window by window in blocks. The results
+the seed value; the rolling mean absolute deviation of CCI is computed for a block of windows at a time, term by
+term in numpy's order of summation. The results
 differ from ta's loops only in the last bits (a few 1e-16 relative).
 
 They take the fast path only where it is proven equal: finite inputs and at least :data:`MIN_ROWS` bars. Any
@@ -19,16 +20,17 @@ so the output is ta's by construction.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
-from numpy.lib.stride_tricks import sliding_window_view
 from ta.momentum import StochasticOscillator
 from ta.trend import ADXIndicator, CCIIndicator
 from ta.volatility import AverageTrueRange
 
 MIN_ROWS = 256
 """Shorter histories go to ta (its loops are fast there, and its edge cases on short input stay its own)."""
-_BLOCK = 1 << 14  # rows per block of CCI's windowed deviation (bounds its two temporary arrays to 2.6 MB each)
+_BLOCK = 1 << 14  # windows per block of CCI's deviation (its temporary arrays: 128 KB each)
 
 
 def _fast_ok(*columns: pd.Series, window: int) -> bool:
@@ -134,18 +136,58 @@ def commodity_channel_index(high: pd.Series, low: pd.Series, close: pd.Series, w
     if not _fast_ok(high, low, close, window=window):
         return CCIIndicator(high, low, close, window=window, constant=constant).cci()
     typical = (high + low + close) / 3.0
-    values = typical.to_numpy(dtype="float64")
-    deviation = np.full(len(values), np.nan)
-    windows = sliding_window_view(values, window)
-    for start in range(0, len(windows), _BLOCK):
-        # A contiguous copy makes numpy sum each window in the same order as ta's np.mean on one window.
-        block = np.ascontiguousarray(windows[start:start + _BLOCK])
-        centred = np.subtract(block, block.mean(axis=1, keepdims=True), out=block)
-        np.abs(centred, out=centred)
-        deviation[start + window - 1:start + window - 1 + len(block)] = centred.mean(axis=1)
+    deviation = _mean_absolute_deviation(typical.to_numpy(dtype="float64"), window)
     cci = (typical - typical.rolling(window, min_periods=window).mean()) / (constant * pd.Series(deviation,
                                                                                                    index=typical.index))
     return pd.Series(cci, name="cci")
+
+
+def _mean_absolute_deviation(values: np.ndarray, window: int) -> np.ndarray:
+    """``np.mean(np.abs(w - np.mean(w)))`` of each full window ``w`` of ``values`` (NaN before the first), the
+    bits ta's loop gets: every window is summed in the order numpy sums one window (:func:`_numpy_sum`),
+    all windows of a block at once, term by term."""
+    out = np.full(len(values), np.nan)
+    windows = len(values) - window + 1
+    for start in range(0, max(0, windows), _BLOCK):
+        size = min(_BLOCK, windows - start)
+
+        def term(k: int, start: int = start, size: int = size) -> np.ndarray:
+            return values[start + k:start + k + size]  # the k-th value of each window in the block
+
+        mean = _numpy_sum(term, 0, window) / window
+
+        def deviation(k: int, term: Any = term, mean: np.ndarray = mean) -> np.ndarray:
+            return np.abs(term(k) - mean)
+
+        out[start + window - 1:start + window - 1 + size] = _numpy_sum(deviation, 0, window) / window
+    return out
+
+
+def _numpy_sum(term: Any, lo: int, hi: int) -> np.ndarray:
+    """``term(lo) + ... + term(hi - 1)`` elementwise, added in the order of numpy's ``add.reduce`` over ``hi - lo``
+    contiguous float64 values (its pairwise sum: one by one below 8 terms, eight running sums up to 128, halves
+    above), so each element is what ``np.sum`` of that element's terms gives, to the bit (tested)."""
+    count = hi - lo
+    if count < 8:
+        total = term(lo).copy()
+        for k in range(lo + 1, hi):
+            total += term(k)
+        return total
+    if count > 128:
+        half = count // 2
+        half -= half % 8
+        return _numpy_sum(term, lo, lo + half) + _numpy_sum(term, lo + half, hi)
+    sums = [term(lo + j).copy() for j in range(8)]
+    k = 8
+    while k < count - count % 8:
+        for j in range(8):
+            sums[j] += term(lo + k + j)
+        k += 8
+    total = (sums[0] + sums[1]) + (sums[2] + sums[3])
+    total += (sums[4] + sums[5]) + (sums[6] + sums[7])
+    for j in range(lo + k, hi):
+        total += term(j)
+    return total
 
 
 def stochastic(high: pd.Series, low: pd.Series, close: pd.Series, window: int = 14,

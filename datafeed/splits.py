@@ -41,7 +41,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,7 @@ from botcore.errors import DataError, UserError
 from botcore.lock import LockTimeout, locked_file
 from botcore.markets import INTERVAL_MINUTES, infer_market, is_intraday
 from botcore.symbols import safe_name
-from datafeed.clean import clean_ohlcv, step_seconds
+from datafeed.clean import complete_report, repair_ohlcv, step_seconds
 from datafeed.features import feature_groups, feature_window, fill_forward
 from datafeed.sources import OHLCV
 
@@ -284,6 +284,8 @@ class Prepared:
 
     The rows of a split come from :meth:`frame` (a block at a time: how :func:`write_splits` streams a long
     history) or :attr:`splits` (whole DataFrames). :meth:`close` removes a spilled feature file.
+    :attr:`quality` is the quality report; its gaps and return outliers are computed when first asked for
+    (:func:`write_splits` has them computed beside the split files).
     """
 
     normalisation: dict[str, Any]
@@ -291,11 +293,24 @@ class Prepared:
     feature_window: int
     warmup_bars_dropped: int
     interior_cells_filled: int
-    quality: dict[str, Any]
+    report: dict[str, Any]  # the quality report, without gaps and outliers until ``finish_report`` ran
     ohlcv: pd.DataFrame
     stamps: pd.DatetimeIndex
     columns: FeatureColumns
     bounds: dict[str, tuple[int, int]]  # row range of each split in ``ohlcv``, ``stamps`` and ``columns``
+    mad_threshold: float = 8.0
+    _reported: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def quality(self) -> dict[str, Any]:
+        self.finish_report()
+        return self.report
+
+    def finish_report(self) -> None:
+        """Add the gaps and return outliers to the quality report, once (any thread)."""
+        with self._reported:
+            if "outliers" not in self.report:
+                complete_report(self.report, self.ohlcv, self.mad_threshold)
 
     @property
     def feature_columns(self) -> list[str]:
@@ -352,7 +367,7 @@ def prepare(raw: pd.DataFrame, cfg: dict[str, Any], symbol: str, interval: str,
     if frame.empty:
         raise DataError(f"{symbol}: no bars between {data.get('start') or 'the start'} and "
                         f"{data.get('end') or 'the end'} (the data runs {raw.index.min()} .. {raw.index.max()})")
-    clean, quality = clean_ohlcv(frame, symbol, float(data.get("outlier_mad_threshold", 8.0)))
+    clean, quality = repair_ohlcv(frame, symbol)  # (the report's gaps and outliers: Prepared.finish_report)
     del frame, raw  # the caller may have handed over its only reference (see pipeline.run_symbol)
     _check_spacing(clean.index, interval, symbol)
     indicators = list(data.get("indicators", []))
@@ -381,7 +396,8 @@ def prepare(raw: pd.DataFrame, cfg: dict[str, Any], symbol: str, interval: str,
                      "dtype": FEATURE_DTYPE.name, "mean": mean, "std": std}
     quality.update(warmup_bars_dropped=warmup, interior_feature_cells_filled=filled)
     return Prepared(normalisation, embargo, window, warmup, filled, quality, clean, _stamps(clean.index, interval),
-                    columns, {name: (warmup + a, warmup + b) for name, (a, b) in zip(SPLITS, bounds)})
+                    columns, {name: (warmup + a, warmup + b) for name, (a, b) in zip(SPLITS, bounds)},
+                    float(data.get("outlier_mad_threshold", 8.0)))
 
 
 PROBE_ROWS = 4096
@@ -687,15 +703,18 @@ def write_splits(prepared: Prepared, symbol: str, interval: str, source_info: di
             parquet = stage(paths.split_path(symbol, interval, name))
             csv = stage(paths.split_path(symbol, interval, name, "csv")) if export_csv else None
             tasks.append(functools.partial(_write_split, prepared, name, interval, parquet, csv))
+        tasks.append(prepared.finish_report)  # last: by the thread done first (the train split takes longest)
         if threads > 1 or prepared.columns.spilled:
             release_freed_memory()
-        with contextlib.closing(in_order(tasks, threads, ahead=len(tasks) - 1)) as digests:
-            for name, (digest, csv_digest) in zip(SPLITS, digests):
+        with contextlib.closing(in_order(tasks, threads, ahead=len(tasks) - 1)) as outcomes:
+            for name in SPLITS:
+                digest, csv_digest = next(outcomes)
                 files[name] = {"file": paths.split_path(symbol, interval, name).name, "format": "parquet",
                                "sha256": digest}
                 if csv_digest is not None:
                     exports[name] = {"file": paths.split_path(symbol, interval, name, "csv").name, "format": "csv",
                                      "sha256": csv_digest}
+            next(outcomes)  # the quality report's gaps and outliers
         for name in SPLITS:
             stamps = prepared.stamps[slice(*prepared.bounds[name])]
             ranges[name] = {"start": stamps[0].strftime(fmt), "end": stamps[-1].strftime(fmt),
@@ -756,7 +775,7 @@ def write_parquet(frames: pd.DataFrame | Iterable[pd.DataFrame], path: Path) -> 
     :return: the sha256 of the file, computed on the bytes as they are written (no second read).
     """
     blocks = [frames] if isinstance(frames, pd.DataFrame) else frames
-    with open(path, "wb") as fh:
+    with open(path, "wb", buffering=0) as fh:  # (unbuffered: the chunks are big, and written by one thread)
         sink = _HashingWriter(fh)
         # Arrow buffers the pages (a few hundred Python writes instead of thousands): each write from the
         # encoder needs the GIL, which the split writers and the hashing share.
@@ -789,11 +808,13 @@ def write_parquet(frames: pd.DataFrame | Iterable[pd.DataFrame], path: Path) -> 
 
 
 class _HashingWriter(io.RawIOBase):
-    """A binary file that feeds a sha256 with every byte it writes, in a thread of its own (hashlib lets go of
-    the GIL on big buffers): the hashing of a split file overlaps the encoding of its next pages instead of
-    adding to it. :meth:`hexdigest` waits for it."""
+    """A binary file whose bytes are written to ``fh`` and fed to a sha256 by a thread of its own (hashlib and
+    the file writes let go of the GIL on big buffers): writing and hashing a split file overlap the encoding
+    of its next pages instead of adding to it, and run on a core the encoder leaves free. :meth:`hexdigest`
+    waits for the thread; a write that failed there (a full disk) is raised by the next :meth:`write` or by
+    :meth:`hexdigest`."""
 
-    BATCH = 1 << 16  # small writes (page headers) are hashed together, up to this many bytes
+    BATCH = 1 << 16  # small writes (page headers) are handed over together, up to this many bytes
 
     def __init__(self, fh: Any) -> None:
         super().__init__()
@@ -801,35 +822,48 @@ class _HashingWriter(io.RawIOBase):
         self._pending: queue.Queue[bytes | None] = queue.Queue(maxsize=32)  # bounds the bytes waiting
         self._batch: list[bytes] = []
         self._batched = 0
-        self._hasher = threading.Thread(target=self._hash, name="sha256", daemon=True)
-        self._hasher.start()
+        self._failed: BaseException | None = None
+        self._worker = threading.Thread(target=self._write_and_hash, name="sha256", daemon=True)
+        self._worker.start()
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
+        if self._failed is not None:
+            raise self._failed
         chunk = data if isinstance(data, bytes) else bytes(data)  # pyarrow hands over bytes: no copy then
         self._batch.append(chunk)
         self._batched += len(chunk)
         if self._batched >= self.BATCH:
             self._flush()
-        return self._fh.write(chunk)
+        return len(chunk)
 
     def _flush(self) -> None:
         if self._batch:
             self._pending.put(self._batch[0] if len(self._batch) == 1 else b"".join(self._batch))
             self._batch, self._batched = [], 0
 
-    def _hash(self) -> None:
+    def _write_and_hash(self) -> None:
         while (chunk := self._pending.get()) is not None:
-            self._digest.update(chunk)
+            if self._failed is not None:
+                continue  # keep taking chunks: the writer must never wait on a full queue
+            try:
+                view = memoryview(chunk)
+                while view.nbytes:
+                    view = view[self._fh.write(view):]
+                self._digest.update(chunk)
+            except BaseException as exc:  # noqa: BLE001 (handed to the writing thread)
+                self._failed = exc
 
     def hexdigest(self) -> str:
-        """The sha256 of every byte written, in order (no more writes after this)."""
-        if self._hasher.is_alive():
+        """The sha256 of every byte written, in order, once all are in the file (no more writes after this)."""
+        if self._worker.is_alive():
             self._flush()
             self._pending.put(None)
-            self._hasher.join()
+            self._worker.join()
+        if self._failed is not None:
+            raise self._failed
         return self._digest.hexdigest()
 
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from agents.config import DEFAULTS, load_config
 from botcore.errors import ConfigError, DataError, UserError
+from datafeed import sources
 from datafeed.clean import clean_ohlcv
 from datafeed.sources import OHLCV, load_csv
 
@@ -40,13 +41,30 @@ def scratch():
 
 # --- CSV ---------------------------------------------------------------------------------------------------
 
+def _careful(path: Path) -> tuple[pd.DataFrame, dict] | str:
+    """load_csv with the one-pass reading turned off: the frame, or the error's message."""
+    fast = sources._read_typed
+    sources._read_typed = lambda p: None
+    try:
+        return load_csv(path)
+    except UserError as exc:
+        return str(exc)
+    finally:
+        sources._read_typed = fast
+
+
 def _check_csv(path: Path) -> None:
+    careful = _careful(path)  # what the one-pass reading must agree with, frame or error
     try:
         frame, info = load_csv(path)
     except UserError as exc:
         assert isinstance(exc, DataError)
         _one_line(exc)
+        assert careful == str(exc)
         return
+    assert not isinstance(careful, str), careful
+    pd.testing.assert_frame_equal(frame, careful[0], check_exact=True)
+    assert info == careful[1]
     assert isinstance(frame.index, pd.DatetimeIndex) and frame.index.tz is None
     assert list(frame.columns) == OHLCV and all(t == np.float64 for t in frame.dtypes)
     assert not np.isinf(frame.to_numpy()).any() and len(frame) == info["rows_read"] >= 1

@@ -106,3 +106,22 @@ def test_the_fast_path_is_really_taken(monkeypatch):
     for series in (indicators.average_true_range(high, low, close), adx.adx(), adx.adx_pos(), adx.adx_neg(),
                    indicators.commodity_channel_index(high, low, close), *indicators.stochastic(high, low, close)):
         assert series.iloc[100:].notna().all() and series.iloc[100:].abs().gt(0).any()
+
+
+@pytest.mark.parametrize("window", [2, 3, 7, 8, 9, 16, 20, 33, 129, 130, 257])
+def test_cci_deviation_is_numpys_sum_of_each_window_to_the_bit(monkeypatch, window):
+    """CCI's mean absolute deviation, computed term by term for a block of windows at a time, is what numpy
+    gives one window at a time (ta's loop: np.mean(np.abs(w - np.mean(w)))) to the last bit, across numpy's
+    ways of summing (one by one, eight running sums, halves) and block edges; flat windows give exact 0."""
+    monkeypatch.setattr(indicators, "_BLOCK", 1000)
+    rng = np.random.default_rng(window)
+    values = np.cumsum(rng.standard_normal(3000)) + 1000.0
+    values[400:700] = 101.25
+    values[1500:1800] = values[1500] / 3.0 * 3.0
+    ours = indicators._mean_absolute_deviation(values, window)
+    expected = np.full(len(values), np.nan)
+    for end in range(window - 1, len(values)):
+        w = values[end - window + 1:end + 1]
+        expected[end] = np.mean(np.abs(w - np.mean(w)))
+    assert np.array_equal(ours.view(np.int64), expected.view(np.int64))
+    assert (ours[400 + window:700] == 0).all()

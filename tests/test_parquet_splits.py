@@ -162,3 +162,26 @@ def test_features_stored_as_float64_by_an_older_run_read_as_float32(workspace):
         assert all(split[c].dtype == np.float32 for c in features) and all(split[c].dtype == np.float64 for c in OHLCV)
         assert np.array_equal(split[features].to_numpy(), older[name][features].to_numpy(dtype=np.float32))
         assert np.array_equal(split[OHLCV].to_numpy(), older[name][OHLCV].to_numpy())
+
+
+def test_a_full_disk_while_writing_a_split_is_raised_not_hung(tmp_path, monkeypatch):
+    """The file writes happen on the hashing thread: a full disk there reaches the writer (no deadlock on the
+    bounded queue, no thread left behind, no digest of a short file)."""
+    import errno
+    import io
+    import threading
+
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            if self.tell() > 300_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    monkeypatch.setattr(datafeed.splits, "open", lambda path, mode, buffering=-1: FullDisk(path, "w"), raising=False)
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.standard_normal((200_000, 12)), columns=[f"f_{i}" for i in range(12)],
+                         index=pd.date_range("2020-01-01", periods=200_000, freq="min", name="timestamp"))
+    threads = threading.active_count()
+    with pytest.raises(OSError, match="No space left"):
+        write_parquet([frame.iloc[:100_000], frame.iloc[100_000:]], tmp_path / "x.parquet")
+    assert threading.active_count() == threads

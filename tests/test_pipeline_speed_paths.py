@@ -298,6 +298,17 @@ def test_a_wrong_warm_up_from_the_first_bars_is_caught_and_computed_again(monkey
     _same_prepared(wrong, prepare(bars, cfg, "FIN", "1m"))
 
 
+@pytest.mark.parametrize("n", [0, 1, 3, 5, 6, 400])
+def test_the_lagged_returns_are_the_shifted_log_returns(n):
+    bars = datafeed.generate_synthetic(400, seed=5, interval="1m").iloc[:n]
+    got = dict(datafeed.features._returns(bars))
+    log_ret = np.log(bars["close"]).diff()
+    assert list(got) == [f"f_ret_{lag + 1}" for lag in range(datafeed.features.RETURN_LAGS)]
+    for lag in range(datafeed.features.RETURN_LAGS):
+        want = np.array(log_ret.shift(lag), dtype="float64")
+        assert np.array_equal(got[f"f_ret_{lag + 1}"].view(np.int64), want.view(np.int64))
+
+
 def test_the_time_of_day_from_the_stamps_is_what_pandas_fields_give():
     """Minutes of the day from the integer stamps (UTC, any unit, before 1970 too) or from pandas' fields (other
     zones), and sin/cos looked up per minute: the bits of the whole-column arithmetic."""
