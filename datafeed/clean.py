@@ -175,15 +175,16 @@ def _gaps(index: pd.DatetimeIndex) -> dict[str, Any]:
                         for i in largest]}
 
 
-_PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+UNITS_PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+"""Ticks per second of a DatetimeIndex's ``unit``."""
 
 
 def step_seconds(index: pd.DatetimeIndex) -> np.ndarray:
     """``(index[1:] - index[:-1]).total_seconds()`` as a float array (from the integer stamps: the same
     numbers without the TimedeltaIndex)."""
-    if index.unit not in _PER_SECOND:
+    if index.unit not in UNITS_PER_SECOND:
         return np.asarray((index[1:] - index[:-1]).total_seconds())
-    return np.diff(index.asi8) / _PER_SECOND[index.unit]
+    return np.diff(index.asi8) / UNITS_PER_SECOND[index.unit]
 
 
 def _outliers(close: pd.Series, threshold: float) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from ta.volatility import BollingerBands
 from ta.volume import OnBalanceVolumeIndicator
 
 from botcore.markets import is_intraday
+from datafeed.clean import UNITS_PER_SECOND
 from datafeed.indicators import ADX, average_true_range, commodity_channel_index, stochastic
 
 logger = logging.getLogger(__name__)
@@ -148,13 +149,10 @@ def _time_of_day(df: pd.DataFrame) -> Iterator[tuple[str, np.ndarray]]:
     yield from _hand_over(f, df)
 
 
-_UNIT_PER_MINUTE = {"s": 60, "ms": 60_000, "us": 60_000_000, "ns": 60_000_000_000}
-
-
 def _minute_of_day(index: pd.DatetimeIndex) -> np.ndarray:
     """``index.hour * 60 + index.minute`` as int64 (UTC stamps: from the integers, without pandas' fields)."""
-    if (index.tz is None or str(index.tz) == "UTC") and index.unit in _UNIT_PER_MINUTE:
-        return (index.asi8 // _UNIT_PER_MINUTE[index.unit]) % 1440  # floor division: right before 1970 too
+    if (index.tz is None or str(index.tz) == "UTC") and index.unit in UNITS_PER_SECOND:
+        return (index.asi8 // (60 * UNITS_PER_SECOND[index.unit])) % 1440  # floor division: before 1970 too
     return (index.hour * 60 + index.minute).to_numpy(dtype=np.int64)
 
 

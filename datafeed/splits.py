@@ -199,19 +199,19 @@ class FeatureColumns:
     def store(self, name: str, values: np.ndarray) -> None:
         """Keep a new column without placing it in :attr:`names` (a thread computing a group does this; the
         caller then places the group's names in column order)."""
-        with self._lock:
-            if name in self._slots:
-                raise ValueError(f"feature column {name} stored twice")
-            self._slots[name] = len(self._slots)
+        self._new_slot(name)
         self.put(name, values)
 
     def store_final(self, name: str, values: np.ndarray, start: int) -> None:
         """:meth:`store` for a column already in its final form (:meth:`put_final`)."""
+        self._new_slot(name)
+        self.put_final(name, values, start)
+
+    def _new_slot(self, name: str) -> None:
         with self._lock:
             if name in self._slots:
                 raise ValueError(f"feature column {name} stored twice")
             self._slots[name] = len(self._slots)
-        self.put_final(name, values, start)
 
     def get(self, name: str) -> np.ndarray:
         """The whole column (in memory: the array itself, so changes to it stay)."""
